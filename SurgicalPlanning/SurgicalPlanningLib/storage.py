@@ -1,0 +1,316 @@
+"""Loading and saving through Slicer's own logics and storage nodes.
+
+Volumes (NRRD, NIfTI, MHA), segmentations (.seg.nrrd), models (STL/OBJ/VTK/PLY), markups
+(.mrk.json) and whole scenes (.mrml with its data files, or a .mrb bundle). Files are written to
+a temporary name beside the target and renamed into place, so that a failed save never leaves a
+half-written file where a good one is expected. Models are written in LPS with Slicer's `SPACE=`
+header convention, so that a left kidney stays on the patient's left in every tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import slicer
+import vtk
+
+from .app import VSPApplication
+from .errors import InputDataError, VSPError
+
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+SEGMENTATION_SUFFIXES = (".seg.nrrd", ".seg.nhdr")
+MODEL_SUFFIXES = (".stl", ".obj", ".vtk", ".vtp", ".ply")
+MARKUPS_SUFFIXES = (".mrk.json",)
+
+# Coordinate systems of files (MRML itself is always RAS).
+LPS = slicer.vtkMRMLStorageNode.CoordinateSystemLPS
+RAS = slicer.vtkMRMLStorageNode.CoordinateSystemRAS
+
+
+def _suffix(path: Path) -> str:
+    """The data-type suffix, including double suffixes such as `.seg.nrrd` or `.nii.gz`."""
+    name = path.name.lower()
+    for suffix in (*SEGMENTATION_SUFFIXES, *MARKUPS_SUFFIXES, ".nii.gz"):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _existing_file(path: str | os.PathLike, kind: str, suffixes: tuple[str, ...]) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"no {kind} file here.", subject=str(path), fix="check the path.")
+    if _suffix(path) not in suffixes:
+        raise InputDataError(
+            f"not a {kind} file this suite reads (expected {', '.join(suffixes)}).",
+            subject=str(path),
+            fix=f"convert it to one of {', '.join(suffixes)}.",
+        )
+    return path
+
+
+def _messages() -> slicer.vtkMRMLMessageCollection:
+    return slicer.vtkMRMLMessageCollection()
+
+
+def _message_text(messages: slicer.vtkMRMLMessageCollection) -> str:
+    text = messages.GetAllMessagesAsString().strip()
+    return f" Slicer said: {text}" if text else ""
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_volume(
+    app: VSPApplication, path: str | os.PathLike, *, name: str | None = None, labelmap: bool = False
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """A scalar (or label map) volume from NRRD, NIfTI or MHA, with its geometry in RAS."""
+    path = _existing_file(path, "volume", VOLUME_SUFFIXES)
+    messages = _messages()
+    options = 1 if labelmap else 0  # bit 0 of loadingOptions: label map
+    file_list = vtk.vtkStringArray()
+    node = app.volumes_logic.AddArchetypeVolume(str(path), name or _stem(path), options, file_list, messages)
+    if node is None:
+        raise InputDataError(
+            "could not be read as a volume." + _message_text(messages),
+            subject=str(path),
+            fix="check that the file is complete and is a 3D image.",
+        )
+    return node
+
+
+def load_segmentation(
+    app: VSPApplication, path: str | os.PathLike, *, name: str | None = None
+) -> slicer.vtkMRMLSegmentationNode:
+    """A segmentation from `.seg.nrrd`, with segment names, colours and terminology."""
+    path = _existing_file(path, "segmentation", SEGMENTATION_SUFFIXES)
+    messages = _messages()
+    node = app.segmentations_logic.LoadSegmentationFromFile(
+        str(path), True, name or _stem(path), None, messages
+    )
+    if node is None:
+        raise InputDataError(
+            "could not be read as a segmentation." + _message_text(messages),
+            subject=str(path),
+            fix="check that it is a Slicer .seg.nrrd file and is complete.",
+        )
+    return node
+
+
+def load_model(
+    app: VSPApplication, path: str | os.PathLike, *, coordinate_system: int = LPS
+) -> slicer.vtkMRMLModelNode:
+    """A surface model. A `SPACE=` header in the file overrides `coordinate_system`."""
+    path = _existing_file(path, "model", MODEL_SUFFIXES)
+    messages = _messages()
+    node = app.models_logic.AddModel(str(path), coordinate_system, messages)
+    if node is None or node.GetPolyData() is None or node.GetPolyData().GetNumberOfPoints() == 0:
+        raise InputDataError(
+            "could not be read as a surface model or holds no points." + _message_text(messages),
+            subject=str(path),
+            fix="check the file; STL, OBJ, PLY and VTK/VTP are read.",
+        )
+    return node
+
+
+def load_markups(app: VSPApplication, path: str | os.PathLike) -> slicer.vtkMRMLMarkupsNode:
+    """A markups node (points, line, curve, plane, ROI) from `.mrk.json`."""
+    path = _existing_file(path, "markups", MARKUPS_SUFFIXES)
+    messages = _messages()
+    node_id = app.markups_logic.LoadMarkups(str(path), _stem(path), messages)
+    node = app.scene.GetNodeByID(node_id) if node_id else None
+    if node is None:
+        raise InputDataError(
+            "could not be read as markups." + _message_text(messages),
+            subject=str(path),
+            fix="check that it is a Slicer .mrk.json file.",
+        )
+    return node
+
+
+def load_file(app: VSPApplication, path: str | os.PathLike):
+    """Load any supported file by its suffix."""
+    suffix = _suffix(Path(path))
+    if suffix in SEGMENTATION_SUFFIXES:
+        return load_segmentation(app, path)
+    if suffix in MARKUPS_SUFFIXES:
+        return load_markups(app, path)
+    if suffix in MODEL_SUFFIXES:
+        return load_model(app, path)
+    if suffix in VOLUME_SUFFIXES:
+        return load_volume(app, path)
+    raise InputDataError(
+        "unknown file type.",
+        subject=str(path),
+        fix="use a volume (.nrrd/.nii/.mha), .seg.nrrd, a model (.stl/.obj/.vtk/.ply) or .mrk.json.",
+    )
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    suffix = _suffix(path)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else path.stem
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path that replaces `target` only when the block succeeds.
+
+    The temporary file has the target's own name, in a private folder beside the target (same
+    file system, so the final rename is atomic): Slicer derives formats and bundle folder names
+    from the file name.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    try:
+        temporary = private / target.name
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def save_node(node, path: str | os.PathLike, *, coordinate_system: int = LPS) -> Path:
+    """Write a storable node to `path` with Slicer's storage node for that file type.
+
+    Models and markups are written in `coordinate_system` (LPS by default, with the header
+    that says so). The node's own storage node is left pointing at `path`, as Slicer does.
+    """
+    path = Path(path)
+    storage = node.GetStorageNode()
+    if storage is None:
+        storage = node.CreateDefaultStorageNode()
+        if storage is None:
+            raise VSPError(f"{node.GetClassName()} cannot be saved to a file.", subject=node.GetName())
+        node.GetScene().AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+    if hasattr(storage, "SetCoordinateSystem"):
+        storage.SetCoordinateSystem(coordinate_system)
+    with atomic_path(path) as temporary:
+        storage.SetFileName(str(temporary))
+        ok = storage.WriteData(node)
+        if not ok or not temporary.is_file():
+            storage.SetFileName(str(path))
+            raise VSPError(
+                f"Slicer could not write {node.GetClassName()} {node.GetName()!r}.",
+                subject=str(path),
+                fix="check that the folder is writable and the disk is not full.",
+            )
+    storage.SetFileName(str(path))
+    return path
+
+
+def _default_file_name(node) -> str:
+    if node.IsA("vtkMRMLSegmentationNode"):
+        # A detached segmentation storage node cannot tell its extension; it follows the source
+        # representation (binary labelmap → .seg.nrrd, closed surface → .seg.vtm).
+        labelmap = node.GetSegmentation().GetSourceRepresentationName() == "Binary labelmap"
+        extension = "seg.nrrd" if labelmap else "seg.vtm"
+    else:
+        storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
+        extension = (storage.GetDefaultWriteFileExtension() if storage is not None else None) or "nrrd"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in node.GetName()) or "node"
+    return f"{safe}.{extension}"
+
+
+def storable_nodes(scene: slicer.vtkMRMLScene) -> list:
+    """Nodes whose data live in files when a scene is saved."""
+    nodes = []
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        if node.IsA("vtkMRMLStorableNode") and not node.GetHideFromEditors() and node.GetSaveWithScene():
+            nodes.append(node)
+    return nodes
+
+
+def save_scene(app: VSPApplication, path: str | os.PathLike) -> Path:
+    """Save the whole scene: `.mrml` (data files in `Data/` beside it) or a `.mrb` bundle."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene = app.scene
+    if path.suffix.lower() == ".mrb":
+        with atomic_path(path) as temporary:
+            messages = _messages()
+            if not scene.WriteToMRB(str(temporary), None, messages) or not temporary.is_file():
+                raise VSPError(
+                    "the scene bundle could not be written." + _message_text(messages),
+                    subject=str(path),
+                    fix="check that the folder is writable and the disk is not full.",
+                )
+        return path
+    if path.suffix.lower() != ".mrml":
+        raise VSPError("a scene is saved as .mrml or .mrb.", subject=str(path), fix="change the suffix.")
+
+    data_dir = path.parent / "Data"
+    used: set[str] = set()
+    for node in storable_nodes(scene):
+        name = _default_file_name(node)
+        stem, dot, extension = name.partition(".")
+        candidate, counter = name, 1
+        while candidate in used:
+            candidate = f"{stem}_{counter}{dot}{extension}"
+            counter += 1
+        used.add(candidate)
+        save_node(node, data_dir / candidate)
+    # Data file names in the .mrml are relative to the scene's own folder: produce the XML for
+    # the final location, then write it atomically.
+    scene.SetRootDirectory(str(path.parent))
+    scene.SetURL(str(path))
+    scene.SetSaveToXMLString(1)
+    try:
+        ok = scene.Commit()
+        xml = scene.GetSceneXMLString()
+    finally:
+        scene.SetSaveToXMLString(0)
+    if not ok or not xml:
+        raise VSPError("the scene file could not be written.", subject=str(path))
+    with atomic_path(path) as temporary:
+        temporary.write_text(xml, encoding="utf-8")
+    return path
+
+
+def load_scene(app: VSPApplication, path: str | os.PathLike, *, clear: bool = True) -> None:
+    """Load a `.mrml` or `.mrb` scene into the application's scene."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise InputDataError("no scene file here.", subject=str(path), fix="check the path.")
+    scene = app.scene
+    messages = _messages()
+    if path.suffix.lower() == ".mrb":
+        ok = scene.ReadFromMRB(str(path), clear, messages)
+    elif path.suffix.lower() == ".mrml":
+        if clear:
+            scene.Clear(False)
+        scene.SetURL(str(path))
+        scene.SetRootDirectory(str(path.parent))
+        ok = scene.Import(messages)
+    else:
+        raise InputDataError("a scene is a .mrml or .mrb file.", subject=str(path))
+    if not ok or messages.GetNumberOfMessagesOfType(vtk.vtkCommand.ErrorEvent) > 0:
+        raise InputDataError(
+            "the scene could not be read completely." + _message_text(messages),
+            subject=str(path),
+            fix="check that the scene's data files are beside it (Data/) and complete.",
+        )
+
+
+def copy_into(source: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Copy a file into a folder without ever exposing a partial copy under the final name."""
+    source, folder = Path(source), Path(folder)
+    target = folder / source.name
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)
+    return target
+
+
+def temporary_directory(prefix: str = "vsp-") -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
