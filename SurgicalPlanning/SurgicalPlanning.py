@@ -1,0 +1,724 @@
+"""SurgicalPlanning: segmentation, virtual resection planning and the case workflow.
+
+The panel is thin: it reads the parameter node and calls SurgicalPlanningLogic, which calls
+SurgicalPlanningLib. SurgicalPlanningLib has no Qt; the same functions serve the `vsp` command and
+the pytest suites, and the self-test below runs them inside Slicer.
+
+The Lib modules with heavy dependencies (pydicom, SimpleITK, scipy) are imported where they are
+used, after `ensurePythonRequirements()`, so that Slicer can always load this module and never
+installs packages while starting up.
+"""
+
+import contextlib
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from SurgicalPlanningLib.errors import VSPError
+from SurgicalPlanningLib.progress import report, scaled
+
+# Phantom grid sizes offered in the panel: label -> shape (columns, rows, slices).
+GRID_SIZES = {
+    "Small (128 × 128 × 75)": (128, 128, 75),
+    "Medium (256 × 256 × 150)": (256, 256, 150),
+    "Full (512 × 512 × 300)": (512, 512, 300),
+}
+DEFAULT_GRID_SIZE = "Medium (256 × 256 × 150)"
+
+SAMPLE_DATA_CATEGORY = "SlicerVSP"
+SAMPLE_DATA_NAME = "VSPKidneyPhantom"
+# Not downloadable: Sample Data's button calls the custom downloader instead (see registerSampleData).
+SAMPLE_DATA_URI = "slicervsp://sample-case/kidney-phantom"
+
+
+#
+# SurgicalPlanning
+#
+
+
+class SurgicalPlanning(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Surgical Planning")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Surgical Planning")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
+        self.parent.helpText = _("""
+Virtual surgical planning: load a case (DICOM folder or the synthetic sample case), segment it,
+plan the resection and review the numbers.
+See the <a href="https://github.com/slicervsp/SlicerVSP#surgicalplanning">module documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Built on 3D Slicer's segmentation, markups and volume infrastructure. The module layout follows
+Slicer's scripted module template by Jean-Christophe Fillion-Robin (Kitware), Andras Lasso (PerkLab)
+and Steve Pieper (Isomics).
+""")
+        # Register the phantom with the Sample Data module once the application has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample Data registration
+#
+
+
+class SamplePhantomDownloader:
+    """Sample Data "custom downloader" that generates the phantom locally instead of downloading.
+
+    Slicer's Sample Data module (Modules/Scripted/SampleData/SampleData.py, 5.10 and later) can
+    only fetch URIs into its cache and load the files. Its one hook for other sources is
+    ``customDownloader``: when set, the module's button calls ``customDownloader(source)`` and
+    nothing is downloaded. We use that hook: the first request writes the case into
+    ``<Slicer cache>/SlicerVSP/SampleData`` and later requests load the cached case.
+
+    ``SampleData.downloadSample(name)`` ignores custom downloaders (it always downloads
+    ``source.uris``), so scripts call ``SurgicalPlanningLogic().loadSamplePhantom()`` instead.
+    """
+
+    def __call__(self, source=None):
+        with slicer.util.tryWithErrorDisplay(
+            _("Failed to create the SlicerVSP sample case."), waitCursor=True
+        ):
+            with progressDialog(_("Creating the SlicerVSP sample case")) as progress:
+                loaded = SurgicalPlanningLogic().loadSamplePhantom(progress=progress)
+            showLoadedVolume(loaded.volume_node)
+        return loaded
+
+    def __repr__(self):
+        # Stable text: SampleDataLogic compares sources by str(), so re-registering after a module
+        # reload does not add a second button.
+        return "SurgicalPlanning.SamplePhantomDownloader()"
+
+
+def registerSampleData():
+    """Add the synthetic kidney phantom to the Sample Data module (category "SlicerVSP")."""
+    import SampleData
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    sampleDataLogic = SampleData.SampleDataLogic
+    # Category titles exist from Slicer 5.12 on; older versions show the category key.
+    if hasattr(sampleDataLogic, "registerCustomSampleDataCategory"):
+        sampleDataLogic.registerCustomSampleDataCategory(SAMPLE_DATA_CATEGORY, title=_("SlicerVSP"))
+    sampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_DATA_CATEGORY,
+        sampleName=SAMPLE_DATA_NAME,
+        thumbnailFileName=os.path.join(iconsPath, "KidneyPhantom.png"),
+        # SampleDataSource requires a URI and a file name; they are never fetched because the
+        # button calls customDownloader instead.
+        uris=SAMPLE_DATA_URI,
+        fileNames="VSPKidneyPhantom.case",
+        loadFiles=False,
+        customDownloader=SamplePhantomDownloader(),
+    )
+
+
+#
+# Requirements and GUI helpers
+#
+
+
+def ensurePythonRequirements():
+    """Make sure the Python packages the Lib needs are installed (on first use, never at start-up).
+
+    Slicer 5.11+ has ``slicer.packaging.pip_ensure`` (asks the user, installs, offers a restart).
+    On Slicer 5.10 the requirements are only checked and a missing one is reported with its fix.
+    """
+    requirementsPath = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+    try:
+        import slicer.packaging as slicerPackaging
+    except ImportError:
+        slicerPackaging = None
+    if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
+        slicerPackaging.pip_ensure(slicerPackaging.load_requirements(requirementsPath), requester="SlicerVSP")
+        return
+
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    unmet = []
+    with open(requirementsPath, encoding="utf-8") as requirementsFile:
+        for line in requirementsFile:
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            requirement = Requirement(line)
+            try:
+                installed = metadata.version(requirement.name)
+            except metadata.PackageNotFoundError:
+                unmet.append(str(requirement))
+                continue
+            if not requirement.specifier.contains(installed, prereleases=True):
+                unmet.append(str(requirement))
+    if unmet:
+        raise VSPError(
+            _("Python packages needed by SlicerVSP are missing or too old: {packages}.").format(
+                packages=", ".join(unmet)
+            ),
+            subject="Slicer's Python environment",
+            fix=_(
+                "Run slicer.util.pip_install({argument}) in the Python console, then restart Slicer."
+            ).format(argument=repr(" ".join(unmet))),
+        )
+
+
+@contextlib.contextmanager
+def progressDialog(title):
+    """A modal progress dialog for the ``with`` block, yielding the Lib-style callback
+    ``progress(fraction, message)`` that feeds it.
+
+    The Lib steps cannot be interrupted safely half-way, so the dialog has no cancel button.
+    """
+    dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, value=0, maximum=100)
+    dialog.setCancelButton(None)
+
+    def progress(fraction, message):
+        dialog.labelText = message
+        dialog.value = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        slicer.app.processEvents()
+
+    try:
+        yield progress
+    finally:
+        dialog.close()
+        dialog.deleteLater()
+
+
+def showLoadedVolume(volumeNode):
+    """Show a freshly loaded volume in the slice views, fitted."""
+    if volumeNode is not None:
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+
+
+def isPathSet(path):
+    """The parameter node stores an unset path as '.' (``pathlib.Path()``)."""
+    return path is not None and str(path) not in ("", ".")
+
+
+def _summaryLines(value, indent):
+    """Indented lines for a JSON-like summary: scalars and lists of scalars inline."""
+    pad = "  " * indent
+
+    def inline(item):
+        return not isinstance(item, dict | list) or all(not isinstance(v, dict | list) for v in item)
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if inline(item):
+                yield f"{pad}{key}: {item}"
+            else:
+                yield f"{pad}{key}:"
+                yield from _summaryLines(item, indent + 1)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                yield pad + "- " + ", ".join(f"{key}: {entry}" for key, entry in item.items())
+            else:
+                yield f"{pad}- {item}"
+    else:
+        yield f"{pad}{value}"
+
+
+def formatSummary(title, summary=None, warnings=()):
+    """Text for the status area: a title line, the summary, then the warnings."""
+    lines = [title, *_summaryLines(summary or {}, 1)]
+    if warnings:
+        lines.append(_("Warnings:"))
+        lines.extend(f"  - {warning}" for warning in warnings)
+    else:
+        lines.append(_("No warnings."))
+    return "\n".join(lines)
+
+
+#
+# SurgicalPlanningParameterNode
+#
+
+
+@parameterNodeWrapper
+class SurgicalPlanningParameterNode:
+    """The panel's settings, stored in the scene so that a saved scene restores them.
+
+    sampleGridSize - phantom grid (a GRID_SIZES label).
+    sampleSeed - phantom random seed.
+    sampleOutputDirectory - folder the phantom case is written into.
+    dicomFolder - folder scanned for DICOM series.
+    currentVolume - the volume loaded last.
+    currentSegmentation - the segmentation loaded last (sample case only for now).
+    """
+
+    sampleGridSize: Annotated[str, Choice(list(GRID_SIZES))] = DEFAULT_GRID_SIZE
+    sampleSeed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    sampleOutputDirectory: pathlib.Path
+    dicomFolder: pathlib.Path
+    currentVolume: vtkMRMLScalarVolumeNode
+    currentSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# SurgicalPlanningWidget
+#
+
+
+class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._scannedSeries = []  # SeriesInfo objects shown in the series table, in row order
+        self._scannedFolder = None  # the folder they were found in
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SurgicalPlanning.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = SurgicalPlanningLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.generateSampleCaseButton.connect("clicked(bool)", self.onGenerateSampleCase)
+        self.ui.scanDicomFolderButton.connect("clicked(bool)", self.onScanDicomFolder)
+        self.ui.loadSeriesButton.connect("clicked(bool)", self.onLoadSelectedSeries)
+        self.ui.seriesTableWidget.connect("itemSelectionChanged()", self._updateButtonStates)
+        self.ui.seriesTableWidget.connect("cellDoubleClicked(int,int)", self.onSeriesDoubleClicked)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+        self._setScannedSeries([], None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not isPathSet(self._parameterNode.sampleOutputDirectory):
+            self._parameterNode.sampleOutputDirectory = self.logic.defaultSampleOutputDirectory()
+
+    def setParameterNode(self, inputParameterNode: SurgicalPlanningParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with the "SlicerParameterName" property in the .ui are bound to the fields.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonStates)
+        self._updateButtonStates()
+
+    def _updateButtonStates(self, caller=None, event=None) -> None:
+        parameterNode = self._parameterNode
+        canGenerate = bool(parameterNode) and isPathSet(parameterNode.sampleOutputDirectory)
+        self.ui.generateSampleCaseButton.enabled = canGenerate
+        self.ui.generateSampleCaseButton.toolTip = (
+            _("Write the phantom case to the output folder and load its CT volume and segmentation.")
+            if canGenerate
+            else _("Choose an output folder first.")
+        )
+        canScan = bool(parameterNode) and isPathSet(parameterNode.dicomFolder)
+        self.ui.scanDicomFolderButton.enabled = canScan
+        canLoad = self._scannedFolder is not None and self._selectedSeries() is not None
+        self.ui.loadSeriesButton.enabled = canLoad
+        self.ui.loadSeriesButton.toolTip = (
+            _("Load the selected series as a volume. Geometry problems are reported in the status area.")
+            if canLoad
+            else _("Scan a folder and select a series first.")
+        )
+
+    def _showStatus(self, text) -> None:
+        self.ui.statusTextEdit.setPlainText(text)
+        self.ui.statusCollapsibleButton.collapsed = False
+
+    # Sample case
+
+    def onGenerateSampleCase(self) -> None:
+        parameterNode = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to create the sample case."), waitCursor=True):
+            with progressDialog(_("Creating the sample case")) as progress:
+                loaded = self.logic.generateAndLoadSampleCase(
+                    parameterNode.sampleOutputDirectory,
+                    gridSize=parameterNode.sampleGridSize,
+                    seed=parameterNode.sampleSeed,
+                    progress=progress,
+                )
+            parameterNode.currentVolume = loaded.volume_node
+            parameterNode.currentSegmentation = loaded.segmentation_node
+            showLoadedVolume(loaded.volume_node)
+            self._showStatus(formatSummary(_("Sample case loaded."), loaded.summary, loaded.warnings))
+
+    # DICOM import
+
+    def onScanDicomFolder(self) -> None:
+        folder = self._parameterNode.dicomFolder
+        with slicer.util.tryWithErrorDisplay(_("Failed to scan the DICOM folder."), waitCursor=True):
+            with progressDialog(_("Scanning DICOM folder")) as progress:
+                series = self.logic.scanDicomFolder(folder, progress=progress)
+            self._setScannedSeries(series, folder)
+            lines = [_("{count} series found in {folder}.").format(count=len(series), folder=folder)]
+            # The scanner also reports what it skipped (FolderScan); a plain list has nothing to add.
+            skipped = getattr(series, "skipped_non_dicom", 0)
+            unreadable = getattr(series, "unreadable", [])
+            if skipped:
+                lines.append(_("{count} non-DICOM files skipped.").format(count=skipped))
+            for path, reason, _seriesUID in unreadable:
+                lines.append(_("Unreadable DICOM file {path}: {reason}").format(path=path, reason=reason))
+            if series:
+                self.ui.seriesTableWidget.selectRow(0)
+                lines.append(_("Select a series and load it."))
+            self._showStatus("\n".join(lines))
+
+    def _setScannedSeries(self, series, folder=None) -> None:
+        self._scannedSeries = list(series)
+        self._scannedFolder = folder
+        table = self.ui.seriesTableWidget
+        table.clearContents()
+        table.setRowCount(len(self._scannedSeries))
+        for row, info in enumerate(self._scannedSeries):
+            cells = (
+                "" if info.series_number is None else str(info.series_number),
+                info.modality or "",
+                str(len(info.files)),
+                info.description or "",
+            )
+            for column, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(info.series_uid)
+                table.setItem(row, column, item)
+        table.resizeColumnsToContents()
+        self._updateButtonStates()
+
+    def _selectedSeries(self):
+        rows = {index.row() for index in self.ui.seriesTableWidget.selectionModel().selectedRows()}
+        if len(rows) != 1:
+            return None
+        row = rows.pop()
+        return self._scannedSeries[row] if 0 <= row < len(self._scannedSeries) else None
+
+    def onSeriesDoubleClicked(self, row, column) -> None:
+        self.onLoadSelectedSeries()
+
+    def onLoadSelectedSeries(self) -> None:
+        series = self._selectedSeries()
+        if series is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the DICOM series."), waitCursor=True):
+            with progressDialog(_("Loading DICOM series")) as progress:
+                volumeNode, dicomVolume = self.logic.loadDicomSeries(
+                    self._scannedFolder, series.series_uid, progress=progress
+                )
+            self._parameterNode.currentVolume = volumeNode
+            showLoadedVolume(volumeNode)
+            summary = {
+                _("Volume"): volumeNode.GetName(),
+                _("Dimensions"): " × ".join(str(d) for d in volumeNode.GetImageData().GetDimensions()),
+                _("Spacing (mm)"): " × ".join(f"{s:.3g}" for s in volumeNode.GetSpacing()),
+            }
+            self._showStatus(formatSummary(_("DICOM series loaded."), summary, dicomVolume.warnings))
+
+
+#
+# SurgicalPlanningLogic
+#
+
+
+class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
+    """Facade over SurgicalPlanningLib for the panel, the Sample Data button and scripts.
+
+    Takes plain arguments and MRML nodes, returns results; no GUI. Errors are VSPError with a
+    message that names the input and the fix.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return SurgicalPlanningParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def gridShape(gridSize):
+        """The phantom shape (columns, rows, slices) for a GRID_SIZES label."""
+        try:
+            return GRID_SIZES[gridSize]
+        except KeyError:
+            raise VSPError(
+                _("Unknown grid size {gridSize!r}.").format(gridSize=gridSize),
+                subject=_("Sample case grid size"),
+                fix=_("Choose one of: {choices}.").format(choices=", ".join(GRID_SIZES)),
+            ) from None
+
+    @staticmethod
+    def defaultSampleOutputDirectory():
+        return pathlib.Path(slicer.app.cachePath) / "SlicerVSP" / "SampleCases"
+
+    @staticmethod
+    def defaultSampleDataDirectory():
+        return pathlib.Path(slicer.app.cachePath) / "SlicerVSP" / "SampleData"
+
+    @staticmethod
+    def caseFolderName(shape, seed):
+        return f"kidney-phantom-{'x'.join(str(n) for n in shape)}-seed{int(seed)}"
+
+    def createSampleCase(self, outputDirectory, gridSize=DEFAULT_GRID_SIZE, seed=0, progress=None):
+        """Write the phantom case (DICOM series, NRRD files, case.json) into a new folder.
+
+        The case folder is created inside ``outputDirectory`` and named after the grid and seed;
+        an existing folder is never written into (a numbered name is used instead), so files of
+        two cases never mix. Returns the Lib's created case (``.case_dir``, ``.dicom_dir``).
+        """
+        shape = self.gridShape(gridSize)
+        if not isPathSet(outputDirectory):
+            raise VSPError(
+                _("No output folder is set."),
+                subject=_("Sample case"),
+                fix=_("Choose the folder to write the case into."),
+            )
+        outputDirectory = pathlib.Path(outputDirectory)
+        outputDirectory.mkdir(parents=True, exist_ok=True)
+        name = self.caseFolderName(shape, seed)
+        caseDir = outputDirectory / name
+        number = 1
+        while caseDir.exists():
+            number += 1
+            caseDir = outputDirectory / f"{name}-{number}"
+        return self._writeSampleCase(caseDir, shape, seed, progress)
+
+    @staticmethod
+    def _writeSampleCase(caseDir, shape, seed, progress):
+        ensurePythonRequirements()
+        from SurgicalPlanningLib import sample_case
+
+        logging.info(f"SurgicalPlanning: creating sample case {shape}, seed {seed}, in {caseDir}")
+        return sample_case.create_sample_case(caseDir, shape=shape, seed=int(seed), progress=progress)
+
+    def loadSampleCase(self, caseDirectory, progress=None):
+        """Load a phantom case folder into the scene.
+
+        Returns the Lib's loaded case (``.volume_node``, ``.segmentation_node``, ``.summary``).
+        """
+        ensurePythonRequirements()
+        from SurgicalPlanningLib import sample_case
+        from SurgicalPlanningLib.app import get_application
+
+        return sample_case.load_sample_case(get_application(), pathlib.Path(caseDirectory), progress=progress)
+
+    def generateAndLoadSampleCase(self, outputDirectory, gridSize=DEFAULT_GRID_SIZE, seed=0, progress=None):
+        """Create the phantom case in ``outputDirectory`` and load it (what the panel's button does)."""
+        created = self.createSampleCase(
+            outputDirectory, gridSize=gridSize, seed=seed, progress=scaled(progress, 0.0, 0.7)
+        )
+        return self.loadSampleCase(created.case_dir, progress=scaled(progress, 0.7, 1.0))
+
+    def loadSamplePhantom(self, gridSize=DEFAULT_GRID_SIZE, seed=0, cacheDirectory=None, progress=None):
+        """The Sample Data phantom: generated into the cache on first request, loaded from it later.
+
+        The Lib writes the case's case.json last (atomically): a cached folder without it is
+        what an interrupted generation left behind and is discarded, never loaded.
+        """
+        shape = self.gridShape(gridSize)
+        ensurePythonRequirements()
+        from SurgicalPlanningLib.sample_case import CASE_FILE
+
+        cacheRoot = pathlib.Path(cacheDirectory or self.defaultSampleDataDirectory())
+        caseDir = cacheRoot / self.caseFolderName(shape, seed)
+        if (caseDir / CASE_FILE).is_file():
+            report(progress, 0.7, _("Using the cached sample case"))
+        else:
+            if caseDir.exists():
+                shutil.rmtree(caseDir)
+            cacheRoot.mkdir(parents=True, exist_ok=True)
+            self._writeSampleCase(caseDir, shape, seed, scaled(progress, 0.0, 0.7))
+        return self.loadSampleCase(caseDir, progress=scaled(progress, 0.7, 1.0))
+
+    def scanDicomFolder(self, folder, progress=None):
+        """The image series in ``folder`` (a list of SeriesInfo)."""
+        ensurePythonRequirements()
+        from SurgicalPlanningLib import dicom_series
+
+        return dicom_series.scan_folder(pathlib.Path(folder), progress=progress)
+
+    def loadDicomSeries(self, folder, seriesUID, name=None, progress=None):
+        """Load one series of ``folder`` into the scene: (volume node, DicomVolume with .warnings)."""
+        ensurePythonRequirements()
+        from SurgicalPlanningLib import dicom_series
+        from SurgicalPlanningLib.app import get_application
+
+        return dicom_series.load_series(
+            get_application().scene, pathlib.Path(folder), series_uid=seriesUID, name=name, progress=progress
+        )
+
+
+#
+# SurgicalPlanningTest
+#
+
+
+class SurgicalPlanningTest(ScriptedLoadableModuleTest):
+    """Self-test run by `Slicer --no-main-window` (ctest). It calls the same Lib functions as the
+    pytest suites, through the module logic, on the real Slicer scene.
+    """
+
+    SMALL = "Small (128 × 128 × 75)"
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+        self.tempDir = pathlib.Path(tempfile.mkdtemp(prefix="SurgicalPlanningTest-"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tempDir, ignore_errors=True)
+
+    def runTest(self):
+        for test in (
+            self.test_ParameterNode,
+            self.test_SampleDataRegistration,
+            self.test_SampleCaseAndDicomImport,
+            self.test_SamplePhantomCache,
+            self.test_ErrorsNameTheInput,
+        ):
+            self.setUp()
+            try:
+                test()
+            finally:
+                self.tearDown()
+
+    def test_ParameterNode(self):
+        """Defaults are valid and settings survive in the scene's parameter node."""
+        logic = SurgicalPlanningLogic()
+        parameterNode = logic.getParameterNode()
+        self.assertIn(parameterNode.sampleGridSize, GRID_SIZES)
+        parameterNode.sampleGridSize = self.SMALL
+        parameterNode.sampleSeed = 7
+        parameterNode.dicomFolder = self.tempDir
+        again = SurgicalPlanningLogic().getParameterNode()
+        self.assertEqual(again.sampleGridSize, self.SMALL)
+        self.assertEqual(again.sampleSeed, 7)
+        self.assertEqual(again.dicomFolder, self.tempDir)
+        self.assertEqual(logic.gridShape("Full (512 × 512 × 300)"), (512, 512, 300))
+
+    def test_SampleDataRegistration(self):
+        """The phantom is offered by the Sample Data module with a local generator and a thumbnail."""
+        import SampleData
+
+        registerSampleData()
+        registerSampleData()  # a second registration (module reload) must not add a duplicate
+        sources = SampleData.SampleDataLogic.sampleDataSourcesByCategory(SAMPLE_DATA_CATEGORY)
+        matching = [source for source in sources if source.sampleName == SAMPLE_DATA_NAME]
+        self.assertEqual(len(matching), 1)
+        self.assertIsInstance(matching[0].customDownloader, SamplePhantomDownloader)
+        self.assertTrue(os.path.isfile(matching[0].thumbnailFileName))
+
+    def test_SampleCaseAndDicomImport(self):
+        """Create the small phantom, load it, then import its DICOM series through the scanner."""
+        self.delayDisplay("Creating the small sample case")
+        fractions = []
+        logic = SurgicalPlanningLogic()
+        created = logic.createSampleCase(
+            self.tempDir, gridSize=self.SMALL, seed=0, progress=lambda f, m: fractions.append(f)
+        )
+        self.assertEqual(pathlib.Path(created.case_dir).parent, self.tempDir)
+        self.assertTrue(fractions and fractions == sorted(fractions) and 0.0 <= fractions[-1] <= 1.0)
+        loaded = logic.loadSampleCase(created.case_dir)
+        self.assertEqual(loaded.volume_node.GetImageData().GetDimensions(), (128, 128, 75))
+        self.assertGreater(loaded.segmentation_node.GetSegmentation().GetNumberOfSegments(), 0)
+        laterality = loaded.summary["laterality_check"]
+        self.assertTrue(laterality["checked"])
+        self.assertTrue(laterality["tumour_on_patient_left"])
+
+        # The case's DICOM series goes through the same scanner and loader as any folder.
+        series = logic.scanDicomFolder(created.dicom_dir)
+        self.assertEqual(len(series), 1)
+        self.assertEqual(series[0].modality, "CT")
+        self.assertEqual(len(series[0].files), 75)
+        volumeNode, dicomVolume = logic.loadDicomSeries(
+            created.dicom_dir, series[0].series_uid, name="reloaded"
+        )
+        self.assertEqual(volumeNode.GetImageData().GetDimensions(), (128, 128, 75))
+        self.assertEqual(list(dicomVolume.warnings), [])
+        # Same geometry as the volume the sample loader made: both come from the same files.
+        for a, b in zip(volumeNode.GetOrigin(), loaded.volume_node.GetOrigin(), strict=True):
+            self.assertAlmostEqual(a, b, places=3)
+        for a, b in zip(volumeNode.GetSpacing(), loaded.volume_node.GetSpacing(), strict=True):
+            self.assertAlmostEqual(a, b, places=4)
+
+        # A second case with the same settings goes into its own folder: files never mix.
+        again = logic.createSampleCase(self.tempDir, gridSize=self.SMALL, seed=0)
+        self.assertNotEqual(pathlib.Path(again.case_dir), pathlib.Path(created.case_dir))
+        self.delayDisplay("Sample case and DICOM import passed")
+
+    def test_SamplePhantomCache(self):
+        """The Sample Data phantom is generated once; an interrupted generation is discarded."""
+        from SurgicalPlanningLib.sample_case import CASE_FILE
+
+        logic = SurgicalPlanningLogic()
+        cache = self.tempDir / "cache"
+        first = logic.loadSamplePhantom(gridSize=self.SMALL, cacheDirectory=cache)
+        caseDir = cache / logic.caseFolderName((128, 128, 75), 0)
+        written = (caseDir / CASE_FILE).stat().st_mtime_ns
+        second = logic.loadSamplePhantom(gridSize=self.SMALL, cacheDirectory=cache)
+        self.assertEqual((caseDir / CASE_FILE).stat().st_mtime_ns, written)
+        self.assertEqual(
+            first.volume_node.GetImageData().GetDimensions(),
+            second.volume_node.GetImageData().GetDimensions(),
+        )
+        # Without case.json the folder is what an interrupted run left: it is regenerated.
+        (caseDir / CASE_FILE).unlink()
+        (caseDir / "leftover.tmp").write_text("partial")
+        logic.loadSamplePhantom(gridSize=self.SMALL, cacheDirectory=cache)
+        self.assertTrue((caseDir / CASE_FILE).is_file())
+        self.assertFalse((caseDir / "leftover.tmp").exists())
+
+    def test_ErrorsNameTheInput(self):
+        """User errors are VSPError: an unknown grid size, no output folder, an unknown series."""
+        logic = SurgicalPlanningLogic()
+        with self.assertRaises(VSPError):
+            logic.gridShape("Huge")
+        with self.assertRaises(VSPError):
+            logic.createSampleCase(pathlib.Path(), gridSize=self.SMALL)
+        with self.assertRaises(VSPError) as raised:
+            logic.loadDicomSeries(self.tempDir, "1.2.3.4")
+        self.assertIn("1.2.3.4", str(raised.exception))
