@@ -31,6 +31,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
 from SurgicalPlanningLib.errors import VSPError
 from SurgicalPlanningLib.progress import report, scaled
 

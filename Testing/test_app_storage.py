@@ -11,6 +11,7 @@ import pytest
 import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray, vtkMatrixFromArray
+
 from SurgicalPlanningLib import storage
 from SurgicalPlanningLib.errors import InputDataError, VSPError
 

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+
 from SurgicalPlanningLib import sample_data, sample_dicom, terminology
 from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.terminology import LEFT, RIGHT, Code

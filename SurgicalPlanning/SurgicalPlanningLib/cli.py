@@ -1,0 +1,172 @@
+"""`vsp`: the headless command line over the same code as the Slicer panels.
+
+Exit codes: 0 success, 2 a problem with the input or the request (the message says which input
+and how to fix it), 3 an internal error (a bug: please report it with the `--debug` output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import VSPError
+
+log = logging.getLogger("vsp")
+
+SIZES = {
+    "small": (128, 128, 75),
+    "medium": (256, 256, 150),
+    "full": (512, 512, 300),
+}
+
+EXIT_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+class ConsoleProgress:
+    """Progress on stderr: one line rewritten in place on a terminal; in a log, a line at every
+    5 % of progress or every 5 s, whichever comes first, and the last one."""
+
+    def __init__(self, stream=None, enabled: bool = True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self._start = time.monotonic()
+        self._last_fraction, self._last_time = -1.0, -10.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not self.tty and fraction < 1.0:
+            if fraction - self._last_fraction < 0.05 and now - self._last_time < 5.0:
+                return
+        self._last_fraction, self._last_time = fraction, now
+        line = f"[{fraction * 100:5.1f}% {now - self._start:6.1f} s] {message}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            if fraction >= 1.0:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    if text in SIZES:
+        return SIZES[text]
+    try:
+        columns, rows, slices = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: use small, medium, full or COLUMNSxROWSxSLICES (e.g. 200x200x120)"
+        ) from None
+    if min(columns, rows, slices) < 32 or max(columns, rows) > 1024 or slices > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: each dimension must be 32–1024 (slices up to 1000)")
+    return columns, rows, slices
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsp",
+        description="SlicerVSP: virtual surgical planning on 3D Slicer's engine, without a screen.",
+    )
+    parser.add_argument("--version", action="version", version=f"SlicerVSP {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="make the sample case, load it headless, save the scene and a summary",
+        description=(
+            "Generate the synthetic contrast-enhanced abdominal CT with known ground truth (tumour in "
+            "the LEFT kidney's lower pole), write it as a DICOM series and NRRD, import the DICOM "
+            "series with the suite's importer, build the ground-truth segmentation with terminology, "
+            "and save the scene (.mrml with Data/, and .mrb) and summary.json into OUT."
+        ),
+    )
+    demo.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    demo.add_argument(
+        "--size",
+        type=_shape,
+        default=SIZES["full"],
+        help="small (128x128x75), medium (256x256x150), full (512x512x300, default) or CxRxS",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the phantom (default 0)")
+    demo.set_defaults(handler=_demo)
+
+    info = commands.add_parser(
+        "info",
+        help="what a DICOM folder, volume, segmentation, model or scene holds",
+        description="Describe PATH without changing it: DICOM series in a folder (no patient "
+        "identifiers are printed), or the geometry of a volume/segmentation/model/markups file.",
+    )
+    info.add_argument("path", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(handler=_info)
+    return parser
+
+
+def _demo(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from .sample_case import run_demo
+
+    result = run_demo(args.out, shape=args.size, seed=args.seed, progress=progress)
+    progress.done()
+    print(result.text_summary())
+    return 0
+
+
+def _info(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from .info import describe, format_description
+
+    description = describe(args.path, progress=progress)
+    progress.done()
+    print(json.dumps(description, indent=2) if args.json else format_description(description))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INPUT
+    progress = ConsoleProgress(enabled=not args.quiet)
+    try:
+        return args.handler(args, progress)
+    except VSPError as error:
+        progress.done()
+        print(f"vsp {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print(f"vsp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: say it is a bug
+        progress.done()
+        if args.debug:
+            raise
+        print(
+            f"vsp {args.command}: internal error: {type(error).__name__}: {error}. "
+            "This is a bug in SlicerVSP; run again with --debug and report the output.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

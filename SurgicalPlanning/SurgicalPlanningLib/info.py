@@ -1,0 +1,148 @@
+"""What a path holds: DICOM series in a folder, or the geometry of a volume, segmentation,
+model, markups or scene file. Used by `vsp info`; never prints patient identifiers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import vtk
+
+from . import storage
+from .app import VSPApplication
+from .errors import InputDataError
+from .progress import ProgressCallback
+
+
+def _matrix(node_getter) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node_getter(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def describe_volume_node(node) -> dict:
+    image = node.GetImageData()
+    ijk_to_ras = _matrix(node.GetIJKToRASMatrix)
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    low, high = scalars.GetRange() if scalars is not None else (0.0, 0.0)
+    return {
+        "kind": "labelmap volume" if node.IsA("vtkMRMLLabelMapVolumeNode") else "scalar volume",
+        "name": node.GetName(),
+        "dimensions_ijk": list(image.GetDimensions()) if image is not None else None,
+        "spacing_mm": [round(float(v), 6) for v in spacing],
+        "origin_ras_mm": [round(float(v), 4) for v in ijk_to_ras[:3, 3]],
+        "direction_ras": (ijk_to_ras[:3, :3] / spacing).round(6).tolist(),
+        "scalar_type": image.GetScalarTypeAsString() if image is not None else None,
+        "value_range": [float(low), float(high)],
+    }
+
+
+def describe_segmentation_node(node) -> dict:
+    segmentation = node.GetSegmentation()
+    segments = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        terminology = vtk.reference("")
+        segment.GetTag("TerminologyEntry", terminology)
+        segments.append(
+            {
+                "id": segmentation.GetNthSegmentID(index),
+                "name": segment.GetName(),
+                "color": [round(c, 3) for c in segment.GetColor()],
+                "terminology": str(terminology) or None,
+            }
+        )
+    return {
+        "kind": "segmentation",
+        "name": node.GetName(),
+        "source_representation": segmentation.GetSourceRepresentationName(),
+        "segments": segments,
+    }
+
+
+def describe_model_node(node) -> dict:
+    polydata = node.GetPolyData()
+    bounds = polydata.GetBounds()
+    return {
+        "kind": "model",
+        "name": node.GetName(),
+        "points": polydata.GetNumberOfPoints(),
+        "cells": polydata.GetNumberOfCells(),
+        "bounds_ras_mm": [round(v, 3) for v in bounds],
+    }
+
+
+def describe_markups_node(node) -> dict:
+    points = []
+    for index in range(node.GetNumberOfControlPoints()):
+        position = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPosition(index, position)
+        points.append(
+            {"label": node.GetNthControlPointLabel(index), "ras_mm": [round(v, 3) for v in position]}
+        )
+    return {"kind": "markups", "class": node.GetClassName(), "name": node.GetName(), "control_points": points}
+
+
+def describe_node(node) -> dict:
+    if node.IsA("vtkMRMLVolumeNode"):
+        return describe_volume_node(node)
+    if node.IsA("vtkMRMLSegmentationNode"):
+        return describe_segmentation_node(node)
+    if node.IsA("vtkMRMLModelNode"):
+        return describe_model_node(node)
+    if node.IsA("vtkMRMLMarkupsNode"):
+        return describe_markups_node(node)
+    return {"kind": node.GetClassName(), "name": node.GetName()}
+
+
+def describe_dicom_folder(folder: Path, *, progress: ProgressCallback | None = None) -> dict:
+    from .dicom_series import scan_folder
+
+    series = scan_folder(folder, progress=progress)
+    return {"kind": "dicom folder", "path": str(folder), "series": [s.to_dict() for s in series]}
+
+
+def describe(path: str | os.PathLike, *, progress: ProgressCallback | None = None) -> dict:
+    """A JSON-able description of what `path` holds."""
+    path = Path(path)
+    if path.is_dir():
+        return describe_dicom_folder(path, progress=progress)
+    if not path.is_file():
+        raise InputDataError("no such file or folder.", subject=str(path), fix="check the path.")
+    if path.suffix.lower() in (".mrml", ".mrb"):
+        app = VSPApplication.create_headless()
+        storage.load_scene(app, path)
+        nodes = [describe_node(node) for node in storage.storable_nodes(app.scene)]
+        return {"kind": "scene", "path": str(path), "nodes": nodes}
+    if path.suffix.lower() == ".dcm" or _looks_like_dicom(path):
+        return describe_dicom_folder(path.parent, progress=progress) | {
+            "note": f"{path.name} is in this folder"
+        }
+    app = VSPApplication.create_headless()
+    return {"path": str(path), **describe_node(storage.load_file(app, path))}
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    with path.open("rb") as stream:
+        header = stream.read(132)
+    return len(header) == 132 and header[128:132] == b"DICM"
+
+
+def format_description(description: dict, indent: str = "") -> str:
+    """Human-readable text of a description."""
+    lines = []
+    for key, value in description.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{indent}{key}:")
+            for item in value:
+                lines.append(
+                    format_description(item, indent + "    ").replace(indent + "    ", indent + "  - ", 1)
+                )
+        elif isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(format_description(value, indent + "    "))
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)

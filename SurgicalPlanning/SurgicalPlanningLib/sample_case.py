@@ -1,0 +1,346 @@
+"""The sample case on disk and in the scene: used by `vsp demo`, the tests and the Slicer panel.
+
+`create_sample_case` writes the phantom as a DICOM series, NRRD files and `case.json`;
+`load_sample_case` imports the DICOM series with the suite's importer and builds the ground-truth
+segmentation (names, colours, SNOMED CT terminology) on the imported CT's geometry;
+`run_demo` does both and saves the scene and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import vtk
+from scipy import ndimage
+from slicer.util import arrayFromVolume
+
+from . import __version__, storage
+from .app import VSPApplication
+from .errors import InputDataError
+from .progress import ProgressCallback, report, scaled
+from .terminology import term, terminology_entry
+
+CASE_FILE = "case.json"
+SCENE_NAME = "SampleCase"
+
+
+@dataclass
+class SampleCase:
+    """The files of a generated sample case."""
+
+    case_dir: Path
+    dicom_dir: Path
+    nrrd_files: dict[str, Path]
+    facts: dict
+
+    @property
+    def labels_json(self) -> Path:
+        return self.nrrd_files["labels_json"]
+
+
+@dataclass
+class LoadedCase:
+    """The sample case in a scene."""
+
+    volume_node: object
+    segmentation_node: object
+    summary: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def create_sample_case(
+    out_dir: str | os.PathLike,
+    *,
+    shape: tuple[int, int, int] = (512, 512, 300),
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> SampleCase:
+    """Generate the phantom and write it as DICOM (`dicom/`) and NRRD (`nrrd/`) into out_dir."""
+    from .sample_data import generate_phantom
+    from .sample_dicom import write_dicom_series, write_nrrd
+
+    case_dir = Path(out_dir)
+    case_dir.mkdir(parents=True, exist_ok=True)
+    report(progress, 0.0, f"generating the {shape[0]}×{shape[1]}×{shape[2]} phantom (seed {seed})")
+    phantom = generate_phantom(shape, seed=seed, progress=scaled(progress, 0.0, 0.55))
+    dicom_dir = case_dir / "dicom"
+    write_dicom_series(phantom, dicom_dir, progress=scaled(progress, 0.55, 0.9))
+    report(progress, 0.9, "writing NRRD volumes and ground truth")
+    nrrd_files = {key: Path(path) for key, path in write_nrrd(phantom, case_dir / "nrrd").items()}
+    facts = {
+        "software": f"SlicerVSP {__version__}",
+        "seed": seed,
+        "shape_ijk": list(shape),
+        "spacing_mm": [float(v) for v in phantom.spacing_mm],
+        "ground_truth": _jsonable(phantom.facts),
+        "files": {key: str(path.relative_to(case_dir)) for key, path in nrrd_files.items()}
+        | {"dicom": "dicom"},
+    }
+    with storage.atomic_path(case_dir / CASE_FILE) as temporary:
+        temporary.write_text(json.dumps(facts, indent=2))
+    report(progress, 1.0, f"sample case written to {case_dir}")
+    return SampleCase(case_dir=case_dir, dicom_dir=dicom_dir, nrrd_files=nrrd_files, facts=facts)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _read_case(case_dir: Path) -> dict:
+    path = case_dir / CASE_FILE
+    if not path.is_file():
+        raise InputDataError(
+            "is not a sample case folder (no case.json).",
+            subject=str(case_dir),
+            fix="make one with `vsp demo --out DIR` or create_sample_case().",
+        )
+    return json.loads(path.read_text())
+
+
+def labelmap_to_segmentation(
+    app: VSPApplication,
+    labelmap_node,
+    label_terms: dict[int, str],
+    *,
+    reference_volume,
+    name: str = "Ground truth",
+):
+    """A segmentation node with one segment per label, named, coloured and coded.
+
+    `label_terms` maps label values to terminology keys; the segments take the key's display
+    name, colour and SNOMED CT terminology entry. The reference geometry is the source volume.
+    """
+    import slicer
+
+    segmentation_node = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentation_node.CreateDefaultDisplayNodes()
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+        labelmap_node, segmentation_node
+    ):
+        raise InputDataError(
+            "the label map could not be imported as a segmentation.", subject=labelmap_node.GetName()
+        )
+    segmentation = segmentation_node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        key = label_terms.get(segment.GetLabelValue())
+        if key is None:
+            continue
+        structure = term(key)
+        segment.SetName(structure.name)
+        segment.SetColor(*structure.colour)
+        segment.SetTag("TerminologyEntry", terminology_entry(structure))
+        segment.SetTag("SlicerVSP.StructureKey", key)
+    return segmentation_node
+
+
+def segment_statistics(segmentation_node, reference_volume) -> list[dict]:
+    """Voxel count, volume (mL) and centroid (RAS, mm) of every segment, on the reference grid."""
+    import slicer
+
+    labelmap = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        segmentation = segmentation_node.GetSegmentation()
+        ids = vtk.vtkStringArray()
+        for index in range(segmentation.GetNumberOfSegments()):
+            ids.InsertNextValue(segmentation.GetNthSegmentID(index))
+        # Exported in segment order, label n+1 for the n-th segment, on the volume's grid.
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap, reference_volume
+        )
+        if not ok:
+            raise InputDataError("could not be exported to a label map.", subject=segmentation_node.GetName())
+        labels = arrayFromVolume(labelmap)
+        matrix = vtk.vtkMatrix4x4()
+        labelmap.GetIJKToRASMatrix(matrix)
+        ijk_to_ras = slicer.util.arrayFromVTKMatrix(matrix)
+        voxel_mm3 = float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
+        count = ids.GetNumberOfValues()
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        centres = ndimage.center_of_mass(np.ones(labels.shape, np.bool_), labels, list(range(1, count + 1)))
+    finally:
+        segmentation_node.GetScene().RemoveNode(labelmap)
+    rows = []
+    for index in range(count):
+        segment = segmentation.GetNthSegment(index)
+        key = vtk.reference("")
+        segment.GetTag("SlicerVSP.StructureKey", key)
+        voxels = int(sizes[index + 1])
+        k, j, i = centres[index]
+        centre = (ijk_to_ras @ np.array([i, j, k, 1.0]))[:3] if voxels else None
+        rows.append(
+            {
+                "segment": segment.GetName(),
+                "key": str(key) or None,
+                "voxels": voxels,
+                "volume_mL": round(voxels * voxel_mm3 / 1000.0, 3),
+                "centroid_ras_mm": [round(float(v), 2) for v in centre] if centre is not None else None,
+            }
+        )
+    return rows
+
+
+def load_sample_case(
+    app: VSPApplication, case_dir: str | os.PathLike, *, progress: ProgressCallback | None = None
+) -> LoadedCase:
+    """Import the case's DICOM series and build the ground-truth segmentation on its geometry."""
+    from .dicom_series import load_series
+
+    case_dir = Path(case_dir)
+    case = _read_case(case_dir)
+    report(progress, 0.0, "importing the DICOM series")
+    volume_node, dicom_volume = load_series(
+        app.scene, case_dir / case["files"]["dicom"], name="CT", progress=scaled(progress, 0.0, 0.6)
+    )
+    report(progress, 0.6, "building the ground-truth segmentation")
+    labels_info = json.loads((case_dir / case["files"]["labels_json"]).read_text())
+    label_terms = {int(label): entry["key"] for label, entry in labels_info["labels"].items()}
+    labelmap = storage.load_volume(app, case_dir / case["files"]["labels"], name="labels", labelmap=True)
+    try:
+        segmentation_node = labelmap_to_segmentation(
+            app, labelmap, label_terms, reference_volume=volume_node, name="Ground truth"
+        )
+    finally:
+        app.scene.RemoveNode(labelmap)
+    report(progress, 0.85, "measuring segments")
+    segments = segment_statistics(segmentation_node, volume_node)
+    summary = {
+        "volume": {
+            "name": volume_node.GetName(),
+            "dimensions_ijk": list(volume_node.GetImageData().GetDimensions()),
+            "spacing_mm": [round(v, 6) for v in volume_node.GetSpacing()],
+            "origin_ras_mm": [round(v, 4) for v in volume_node.GetOrigin()],
+            "series_instance_uid": dicom_volume.series_uid,
+            "importer_warnings": list(dicom_volume.warnings),
+        },
+        "segments": segments,
+        "laterality_check": laterality_check(segments),
+    }
+    report(progress, 1.0, "sample case loaded")
+    return LoadedCase(volume_node, segmentation_node, summary, list(dicom_volume.warnings))
+
+
+def laterality_check(segments: list[dict]) -> dict:
+    """Is the tumour on the patient's left of the spine? (RAS: smaller R coordinate = left)."""
+    by_key = {row["key"]: row for row in segments}
+    tumour, spine = by_key.get("tumour"), by_key.get("spine")
+    if not tumour or not spine or not tumour["centroid_ras_mm"] or not spine["centroid_ras_mm"]:
+        return {"checked": False}
+    tumour_r, spine_r = tumour["centroid_ras_mm"][0], spine["centroid_ras_mm"][0]
+    return {
+        "checked": True,
+        "tumour_R_mm": tumour_r,
+        "spine_R_mm": spine_r,
+        "tumour_on_patient_left": tumour_r < spine_r,
+    }
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    scene_mrml: Path
+    scene_mrb: Path
+    summary_json: Path
+    summary: dict
+
+    def text_summary(self) -> str:
+        s = self.summary
+        volume = s["volume"]
+        lines = [
+            f"SlicerVSP demo case in {self.out_dir}",
+            f"  CT {volume['dimensions_ijk']} voxels at {volume['spacing_mm']} mm",
+            f"  scene: {self.scene_mrml}",
+            f"  bundle: {self.scene_mrb}",
+            f"  summary: {self.summary_json}",
+            "  segments (volume mL):",
+        ]
+        for row in s["segments"]:
+            lines.append(f"    {row['segment']:<42} {row['volume_mL']:>10.2f}")
+        check = s["laterality_check"]
+        if check.get("checked"):
+            side = "LEFT" if check["tumour_on_patient_left"] else "RIGHT (WRONG)"
+            lines.append(f"  tumour is on the patient's {side} of the spine (R {check['tumour_R_mm']} mm)")
+        for warning in volume["importer_warnings"]:
+            lines.append(f"  importer warning: {warning}")
+        lines.append(f"  took {s['timings_s']['total']:.1f} s")
+        return "\n".join(lines)
+
+
+DEMO_OUTPUTS = ("case", "scene", f"{SCENE_NAME}.mrb", "summary.json")
+
+
+def _prepare_demo_folder(out_dir: Path) -> None:
+    """An empty folder, or one that holds an earlier demo (replaced); anything else is refused."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputDataError(
+            "is a file, not a folder.", subject=str(out_dir), fix="choose a folder for --out."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {entry.name for entry in out_dir.iterdir()}
+    if not entries:
+        return
+    if not entries <= set(DEMO_OUTPUTS) or not (out_dir / "case" / CASE_FILE).is_file():
+        raise InputDataError(
+            "is not empty and does not hold an earlier demo; nothing was changed.",
+            subject=str(out_dir),
+            fix="choose an empty or new folder for --out.",
+        )
+    for name in entries:  # an earlier demo: replace it whole, never mix two cases
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_demo(
+    out_dir: str | os.PathLike,
+    *,
+    shape: tuple[int, int, int] = (512, 512, 300),
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    app: VSPApplication | None = None,
+) -> DemoResult:
+    """Make the sample case, load it headless, save the scene (.mrml and .mrb) and a summary."""
+    out_dir = Path(out_dir).resolve()
+    _prepare_demo_folder(out_dir)
+    app = app or VSPApplication.create_headless()
+    timings = {}
+    start = time.perf_counter()
+    case = create_sample_case(out_dir / "case", shape=shape, seed=seed, progress=scaled(progress, 0.0, 0.6))
+    timings["create"] = time.perf_counter() - start
+    t = time.perf_counter()
+    loaded = load_sample_case(app, case.case_dir, progress=scaled(progress, 0.6, 0.8))
+    timings["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report(progress, 0.8, "saving the scene")
+    scene_mrml = storage.save_scene(app, out_dir / "scene" / f"{SCENE_NAME}.mrml")
+    report(progress, 0.9, "saving the scene bundle")
+    scene_mrb = storage.save_scene(app, out_dir / f"{SCENE_NAME}.mrb")
+    timings["save"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    summary = {
+        "software": f"SlicerVSP {__version__}",
+        "case": str(case.case_dir),
+        "seed": seed,
+        **loaded.summary,
+        "scene": {"mrml": str(scene_mrml), "mrb": str(scene_mrb)},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    summary_json = out_dir / "summary.json"
+    with storage.atomic_path(summary_json) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2))
+    report(progress, 1.0, "done")
+    return DemoResult(out_dir, scene_mrml, scene_mrb, summary_json, summary)

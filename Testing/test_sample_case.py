@@ -1,0 +1,281 @@
+"""The sample case end to end: `vsp demo`, `vsp info`, and the tumour on the patient's LEFT
+after DICOM import, and after save and reload in every format the suite writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+from slicer.util import arrayFromVolume
+
+from SurgicalPlanningLib import storage
+from SurgicalPlanningLib.app import VSPApplication
+from SurgicalPlanningLib.cli import main
+from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case, segment_statistics
+
+SHAPE = (128, 128, 75)  # the "small" grid: the same anatomy at 2.8 × 2.8 × 4 mm
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return create_sample_case(tmp_path_factory.mktemp("case"), shape=SHAPE, seed=3)
+
+
+@pytest.fixture
+def loaded(case):
+    app = VSPApplication.create_headless()
+    return app, load_sample_case(app, case.case_dir)
+
+
+def truth(case) -> dict:
+    return case.facts["ground_truth"]
+
+
+def lps_to_ras(point) -> np.ndarray:
+    return np.array([-point[0], -point[1], point[2]], dtype=float)
+
+
+def hu_at_ras(volume_node, ras) -> float:
+    """The CT value at a RAS point, through the node's own geometry (nearest voxel)."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(matrix)
+    ijk = slicer.util.arrayFromVTKMatrix(matrix) @ np.append(ras, 1.0)
+    i, j, k = np.round(ijk[:3]).astype(int)
+    return float(arrayFromVolume(volume_node)[k, j, i])
+
+
+def assert_ct_not_mirrored(volume_node, case) -> None:
+    """The hypo-enhancing tumour is where the truth says (LEFT), not at its mirror image."""
+    centre = lps_to_ras(truth(case)["tumour_centre_lps"])
+    spine_r = -truth(case)["spine_x_mm"]
+    mirrored = centre.copy()
+    mirrored[0] = 2 * spine_r - centre[0]
+    assert centre[0] < spine_r, "truth itself: the tumour is on the patient's left (smaller R)"
+    assert 0 <= hu_at_ras(volume_node, centre) <= 90  # tumour ≈ 40 HU
+    assert abs(hu_at_ras(volume_node, mirrored) - 40) > 50  # the right kidney's side is not tumour
+
+
+def by_key(rows: list[dict]) -> dict:
+    return {row["key"]: row for row in rows}
+
+
+def assert_tumour_left_of_spine(rows: list[dict]) -> None:
+    rows = by_key(rows)
+    tumour, spine = rows["tumour"]["centroid_ras_mm"], rows["spine"]["centroid_ras_mm"]
+    assert tumour[0] < spine[0] - 40, f"tumour R {tumour[0]} is not well left of spine R {spine[0]}"
+
+
+# --- import ----------------------------------------------------------------------------------------
+
+
+def test_loaded_case_matches_the_ground_truth(case, loaded):
+    app, result = loaded
+    assert result.warnings == []
+    volume = result.volume_node
+    assert volume.GetImageData().GetDimensions() == SHAPE
+    assert_ct_not_mirrored(volume, case)
+    rows = by_key(result.summary["segments"])
+    facts = truth(case)
+    # Segment centroid (computed by Slicer's export on the imported CT's grid) is the truth centre.
+    np.testing.assert_allclose(
+        rows["tumour"]["centroid_ras_mm"], lps_to_ras(facts["tumour_centre_lps"]), atol=1.5
+    )
+    # Tumour volume: the analytic 30 mm sphere (14.14 mL), voxelised at 2.8 × 2.8 × 4 mm.
+    analytic = facts["analytic_volumes_ml"]["tumour"]
+    assert analytic == pytest.approx(4 / 3 * np.pi * 15**3 / 1000, rel=1e-3)
+    assert rows["tumour"]["volume_mL"] == pytest.approx(analytic, rel=0.06)
+    assert result.summary["laterality_check"]["tumour_on_patient_left"] is True
+
+
+def test_segments_carry_terminology_codes_not_just_names(loaded):
+    _, result = loaded
+    segmentation = result.segmentation_node.GetSegmentation()
+    entries = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        value = vtk.reference("")
+        assert segment.GetTag("TerminologyEntry", value)
+        entries[segment.GetName()] = str(value)
+    # The tumour: a neoplasm (morphologically altered structure) in the LEFT kidney, as Slicer's
+    # own parser reads the entry.
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic().DeserializeTerminologyEntry(
+        entries["Renal tumour, left"], entry
+    )
+    assert entry.GetCategoryObject().GetCodeValue() == "49755003"
+    assert entry.GetTypeObject().GetCodeValue() == "108369006"
+    assert entry.GetRegionObject().GetCodeValue() == "64033007"  # kidney
+    assert entry.GetRegionModifierObject().GetCodeValue() == "7771000"  # left
+    assert slicer.vtkSlicerTerminologiesModuleLogic().DeserializeTerminologyEntry(
+        entries["Renal cortex, right"], entry
+    )
+    assert entry.GetTypeModifierObject().GetCodeValue() == "24028007"  # right
+
+
+# --- save and reload in every format ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_ct_saved_and_reloaded_is_not_mirrored(case, loaded, tmp_path, suffix):
+    app, result = loaded
+    path = storage.save_node(result.volume_node, tmp_path / f"ct{suffix}")
+    reloaded = storage.load_volume(VSPApplication.create_headless(), path)
+    assert_ct_not_mirrored(reloaded, case)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_label_map_saved_and_reloaded_keeps_the_tumour_left(loaded, tmp_path, suffix):
+    app, result = loaded
+    labelmap = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(
+        result.segmentation_node, labelmap
+    )
+    path = storage.save_node(labelmap, tmp_path / f"labels{suffix}")
+    other = VSPApplication.create_headless()
+    reloaded = storage.load_volume(other, path, labelmap=True)
+    array = arrayFromVolume(reloaded)
+    matrix = vtk.vtkMatrix4x4()
+    reloaded.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = slicer.util.arrayFromVTKMatrix(matrix)
+    segmentation = result.segmentation_node.GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+
+    def centre(name):
+        k, j, i = np.nonzero(array == names.index(name) + 1)
+        return (ijk_to_ras @ [i.mean(), j.mean(), k.mean(), 1.0])[:3]
+
+    assert centre("Renal tumour, left")[0] < centre("Vertebral column")[0] - 40
+
+
+def test_segmentation_saved_and_reloaded_keeps_the_tumour_left(loaded, tmp_path):
+    app, result = loaded
+    path = storage.save_node(result.segmentation_node, tmp_path / "truth.seg.nrrd")
+    other = VSPApplication.create_headless()
+    reloaded = storage.load_segmentation(other, path)
+    volume = storage.load_volume(other, storage.save_node(result.volume_node, tmp_path / "ct.nrrd"))
+    assert_tumour_left_of_spine(segment_statistics(reloaded, volume))
+
+
+@pytest.mark.parametrize("file_format", ["STL", "OBJ"])
+def test_surface_models_written_in_lps_keep_the_tumour_left(loaded, tmp_path, file_format):
+    """Closed surfaces exported with Slicer's own exporter (LPS), read back by the suite."""
+    app, result = loaded
+    segmentation_node = result.segmentation_node
+    segmentation = segmentation_node.GetSegmentation()
+    files = []
+    for name in ("Renal tumour, left", "Vertebral column"):
+        # One folder per segment: Slicer's OBJ export puts all given segments into one file.
+        folder = tmp_path / name.split(",")[0].replace(" ", "_")
+        folder.mkdir()
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segmentation.GetSegmentIdBySegmentName(name))
+        assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
+            str(folder), segmentation_node, ids, file_format, True, 1.0, False
+        )
+        [path] = folder.glob(f"*.{file_format.lower()}")
+        files.append(path)
+    other = VSPApplication.create_headless()
+    centres = {}
+    for path in files:
+        model = storage.load_model(other, path)
+        centres["tumour" if "tumour" in str(path).lower() else "spine"] = np.array(
+            model.GetPolyData().GetCenter()
+        )
+    assert centres["tumour"][0] < centres["spine"][0] - 40
+    # And on disk the coordinates are LPS: the tumour's L coordinate exceeds the spine's.
+    reader = vtk.vtkSTLReader() if file_format == "STL" else vtk.vtkOBJReader()
+    raw = {}
+    for path in files:
+        reader.SetFileName(str(path))
+        reader.Update()
+        raw["tumour" if "tumour" in str(path).lower() else "spine"] = reader.GetOutput().GetCenter()
+    assert raw["tumour"][0] > raw["spine"][0] + 40
+
+
+@pytest.mark.parametrize("suffix", [".mrml", ".mrb"])
+def test_scene_saved_and_reloaded_keeps_the_tumour_left(case, loaded, tmp_path, suffix):
+    app, result = loaded
+    path = storage.save_scene(app, tmp_path / f"case{suffix}")
+    other = VSPApplication.create_headless()
+    storage.load_scene(other, path)
+    volume = other.scene.GetFirstNodeByName("CT")
+    segmentation = other.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    assert_ct_not_mirrored(volume, case)
+    rows = segment_statistics(segmentation, volume)
+    assert_tumour_left_of_spine(rows)
+    assert len(rows) == len(result.summary["segments"])
+    for before, after in zip(result.summary["segments"], rows, strict=True):
+        assert after["voxels"] == before["voxels"]
+    # The DICOM references survive: later steps cite the source series.
+    assert volume.GetAttribute("DICOM.SeriesInstanceUID") == result.summary["volume"]["series_instance_uid"]
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def test_vsp_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out), "--size", "small"]) == 0
+    printed = capsys.readouterr().out
+    assert "tumour is on the patient's LEFT" in printed
+    for relative in ("case/case.json", "case/nrrd/ct.nrrd", "scene/SampleCase.mrml", "SampleCase.mrb"):
+        assert (out / relative).is_file(), relative
+    assert len(list((out / "case" / "dicom").glob("*"))) == 75
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["volume"]["dimensions_ijk"] == list(SHAPE)
+    assert summary["laterality_check"]["tumour_on_patient_left"] is True
+    assert len(summary["segments"]) >= 30
+    # Running again into the same folder replaces the earlier demo.
+    assert main(["-q", "demo", "--out", str(out), "--size", "small", "--seed", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["seed"] == 1
+
+
+def test_vsp_demo_refuses_a_folder_with_other_files(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["-q", "demo", "--out", str(tmp_path), "--size", "small"]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path) in error and "choose an empty or new folder" in error
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_vsp_info_describes_without_patient_identifiers(case, capsys):
+    assert main(["-q", "info", str(case.dicom_dir), "--json"]) == 0
+    output = capsys.readouterr().out
+    description = json.loads(output)
+    [series] = description["series"]
+    assert series["files"] == SHAPE[2] and series["rows"] == SHAPE[1] and series["columns"] == SHAPE[0]
+    assert series["modality"] == "CT"
+    assert "VSP^Phantom" not in output and "VSP-PHANTOM" not in output
+
+    assert main(["-q", "info", str(case.nrrd_files["ct"])]) == 0
+    text = capsys.readouterr().out
+    assert "dimensions_ijk: [128, 128, 75]" in text
+    assert "scalar_type: short" in text
+
+
+def test_vsp_info_on_a_missing_path_exits_2_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["-q", "info", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_vsp_rejects_a_bad_size_clearly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path), "--size", "huge"])
+    assert exit_info.value.code == 2
+    assert "use small, medium, full or COLUMNSxROWSxSLICES" in capsys.readouterr().err
+
+
+def test_vsp_console_script_is_installed():
+    import shutil
+    import subprocess
+    import sys
+
+    vsp = shutil.which("vsp") or str(Path(sys.executable).with_name("vsp"))
+    completed = subprocess.run([vsp, "--help"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0
+    assert "demo" in completed.stdout and "info" in completed.stdout
