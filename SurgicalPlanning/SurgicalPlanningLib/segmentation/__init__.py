@@ -1,0 +1,1 @@
+"""Segmentation on Slicer's engine: segments as arrays, editing tools, statistics, comparison."""

@@ -1,0 +1,181 @@
+"""Segments and volumes as numpy arrays on a known grid, and back.
+
+Arrays are indexed [k, j, i] like `slicer.util.arrayFromVolume`. A `GridArray` carries the
+IJK→RAS matrix of its own index (0, 0, 0), so a cropped array never loses its place in the
+patient. Segment masks come from the segmentation's binary labelmap (its source representation)
+and are resampled onto the reference grid when the segmentation uses another one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+from ..errors import InputDataError
+
+
+@dataclass
+class GridArray:
+    """An array [k, j, i] and the IJK→RAS matrix of its voxel (0, 0, 0)."""
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        """Voxel size along i, j, k in mm."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.ijk_to_ras[:3, :3])))
+
+    def ras_of(self, ijk) -> np.ndarray:
+        """RAS position(s) of voxel index/indices given as (..., 3) arrays of (i, j, k)."""
+        ijk = np.asarray(ijk, dtype=float)
+        return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+
+def vtk_matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def array_to_vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def volume_ijk_to_ras(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return vtk_matrix_to_array(matrix)
+
+
+def volume_grid_array(volume_node) -> GridArray:
+    """The volume's voxels (a view, not a copy) with its geometry."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise InputDataError("the volume has no image data.", subject=getattr(volume_node, "GetName", str)())
+    return GridArray(slicer.util.arrayFromVolume(volume_node), volume_ijk_to_ras(volume_node))
+
+
+def oriented_image_to_grid_array(image: slicer.vtkOrientedImageData) -> GridArray:
+    """Copy a vtkOrientedImageData's voxels; the matrix accounts for its extent's start."""
+    extent = image.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        return GridArray(np.zeros((0, 0, 0), np.uint8), np.eye(4))
+    dims = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims).copy()
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    ijk_to_ras = vtk_matrix_to_array(matrix)
+    ijk_to_ras[:3, 3] = ijk_to_ras[:3, :3] @ np.array(extent[0::2], float) + ijk_to_ras[:3, 3]
+    return GridArray(array, ijk_to_ras)
+
+
+def grid_array_to_oriented_image(grid: GridArray) -> slicer.vtkOrientedImageData:
+    """A vtkOrientedImageData (extent starting at 0) holding a copy of the array."""
+    array = np.ascontiguousarray(grid.array)
+    image = slicer.vtkOrientedImageData()
+    k, j, i = array.shape
+    image.SetDimensions(i, j, k)
+    image.GetPointData().SetScalars(numpy_to_vtk(array.ravel(), deep=True))
+    image.SetImageToWorldMatrix(array_to_vtk_matrix(grid.ijk_to_ras))
+    return image
+
+
+def reference_oriented_image(volume_node) -> slicer.vtkOrientedImageData:
+    """An empty oriented image with the volume's grid (geometry only)."""
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(volume_node.GetImageData().GetDimensions())
+    image.SetImageToWorldMatrix(array_to_vtk_matrix(volume_ijk_to_ras(volume_node)))
+    return image
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def _check_segment(segmentation_node, segment_id: str):
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputDataError(
+            f"has no segment with ID {segment_id!r}.",
+            subject=segmentation_node.GetName(),
+            fix=f"use one of: {', '.join(segment_ids(segmentation_node))}.",
+        )
+    return segment
+
+
+def segment_mask(
+    segmentation_node, segment_id: str, reference_volume=None, *, crop: bool = True
+) -> GridArray:
+    """The segment as a boolean mask.
+
+    On the segmentation's own grid, or resampled (nearest neighbour) onto `reference_volume`'s
+    grid when given. With `crop`, the array covers only the segment's extent (its matrix says
+    where); otherwise the whole reference grid. An empty segment gives an all-False array.
+    """
+    segment = _check_segment(segmentation_node, segment_id)
+    image = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentation_node, segment_id, image
+    ):
+        raise InputDataError(
+            f"segment {segment.GetName()!r} has no binary labelmap.",
+            subject=segmentation_node.GetName(),
+            fix="convert the segmentation's source representation to binary labelmap.",
+        )
+    label_value = segment.GetLabelValue()
+    if reference_volume is not None:
+        reference = reference_oriented_image(reference_volume)
+        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference) or not crop:
+            resampled = slicer.vtkOrientedImageData()
+            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                image, reference, resampled, False, False
+            )
+            image = resampled
+    grid = oriented_image_to_grid_array(image)
+    mask = grid.array == label_value if grid.array.size else grid.array.astype(bool)
+    grid = GridArray(mask, grid.ijk_to_ras)
+    if crop:
+        return crop_to_content(grid)
+    return grid
+
+
+def crop_to_content(grid: GridArray, margin: int = 0) -> GridArray:
+    """The smallest sub-array holding every non-zero voxel (plus `margin` voxels)."""
+    if not grid.array.any():
+        return GridArray(np.zeros((0, 0, 0), grid.array.dtype), grid.ijk_to_ras.copy())
+    bounds = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        nonzero = np.flatnonzero(grid.array.any(axis=other))
+        low = max(int(nonzero[0]) - margin, 0)
+        high = min(int(nonzero[-1]) + margin + 1, grid.array.shape[axis])
+        bounds.append((low, high))
+    (k0, k1), (j0, j1), (i0, i1) = bounds
+    ijk_to_ras = grid.ijk_to_ras.copy()
+    ijk_to_ras[:3, 3] = grid.ras_of([i0, j0, k0])
+    return GridArray(grid.array[k0:k1, j0:j1, i0:i1], ijk_to_ras)
+
+
+def paste_into(grid: GridArray, reference_ijk_to_ras: np.ndarray, shape_kji) -> np.ndarray:
+    """Place a cropped array back into a full array of `shape_kji` on the same grid."""
+    offset = np.linalg.solve(reference_ijk_to_ras, np.append(grid.ijk_to_ras[:3, 3], 1.0))[:3]
+    i0, j0, k0 = np.round(offset).astype(int)
+    if not np.allclose(offset, (i0, j0, k0), atol=1e-3) or not np.allclose(
+        grid.ijk_to_ras[:3, :3], reference_ijk_to_ras[:3, :3], atol=1e-6
+    ):
+        raise InputDataError("the arrays are not on the same grid.", subject="segment mask")
+    full = np.zeros(shape_kji, dtype=grid.array.dtype)
+    k, j, i = grid.array.shape
+    full[k0 : k0 + k, j0 : j0 + j, i0 : i0 + i] = grid.array
+    return full
