@@ -279,3 +279,45 @@ def test_vsp_console_script_is_installed():
     completed = subprocess.run([vsp, "--help"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0
     assert "demo" in completed.stdout and "info" in completed.stdout
+
+
+def _series_without_one_slice(case, tmp_path) -> tuple[Path, Path]:
+    """A copy of the case's series with the 31st slice (by position) removed."""
+    import shutil
+
+    import pydicom
+
+    folder = tmp_path / "gap"
+    shutil.copytree(case.dicom_dir, folder)
+    files = sorted(
+        folder.iterdir(),
+        key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]),
+    )
+    files[30].unlink()
+    return folder, files[30]
+
+
+def test_vsp_info_reports_a_missing_slice_and_names_the_files(case, tmp_path, capsys):
+    folder, _ = _series_without_one_slice(case, tmp_path)
+    assert main(["-q", "info", str(folder), "--json"]) == 0
+    [series] = json.loads(capsys.readouterr().out)["series"]
+    assert "1 slice(s) missing" in series["problem"]
+    assert "geometry" not in series
+    assert series["problem"].count(str(folder)) >= 2  # the files either side of the gap
+
+
+def test_vsp_import_dicom_refuses_a_gap_unless_told_and_keeps_laterality(case, tmp_path, capsys):
+    folder, _ = _series_without_one_slice(case, tmp_path)
+    out = tmp_path / "ct.nrrd"
+    assert main(["-q", "import-dicom", str(folder), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "--allow-irregular-spacing" in error and not out.exists()
+    assert main(["-q", "import-dicom", str(folder), "--out", str(out), "--allow-irregular-spacing"]) == 0
+    volume = storage.load_volume(VSPApplication.create_headless(), out)
+    assert volume.GetImageData().GetDimensions() == SHAPE  # the gap is filled by interpolation
+    assert_ct_not_mirrored(volume, case)
+    bundle = tmp_path / "ct.mrb"
+    assert main(["-q", "import-dicom", str(case.dicom_dir), "--out", str(bundle)]) == 0
+    app = VSPApplication.create_headless()
+    storage.load_scene(app, bundle)
+    assert_ct_not_mirrored(app.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode"), case)

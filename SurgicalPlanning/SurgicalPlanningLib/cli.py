@@ -114,7 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("path", type=Path)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="for a DICOM folder: list the series from their headers, without reading the voxels",
+    )
     info.set_defaults(handler=_info)
+
+    imp = commands.add_parser(
+        "import-dicom",
+        help="import a DICOM CT series and save it as a volume or a scene",
+        description="Import one CT series from a DICOM folder with the suite's importer (geometry "
+        "checked; gantry tilt resampled) and save it as a volume file (.nrrd, .nii.gz, .mha) or a "
+        "scene (.mrml, .mrb). Warnings are printed.",
+    )
+    imp.add_argument("folder", type=Path, help="folder (searched recursively) or a single DICOM file")
+    imp.add_argument("--out", required=True, type=Path, help="output .nrrd/.nii.gz/.mha/.mrml/.mrb")
+    imp.add_argument("--series-uid", help="the SeriesInstanceUID to import when the folder holds several")
+    imp.add_argument(
+        "--allow-irregular-spacing",
+        action="store_true",
+        help="resample a series with a missing slice or uneven spacing onto uniform spacing "
+        "(interpolated: check before planning on it)",
+    )
+    imp.add_argument(
+        "--ignore-unreadable-files",
+        action="store_true",
+        help="skip files that cannot be read instead of stopping",
+    )
+    imp.set_defaults(handler=_import_dicom)
     return parser
 
 
@@ -130,9 +158,35 @@ def _demo(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 def _info(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from .info import describe, format_description
 
-    description = describe(args.path, progress=progress)
+    description = describe(args.path, progress=progress, read_voxels=not args.headers_only)
     progress.done()
     print(json.dumps(description, indent=2) if args.json else format_description(description))
+    return 0
+
+
+def _import_dicom(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from . import storage
+    from .app import VSPApplication
+    from .dicom_series import load_series, volume_geometry_summary
+    from .info import format_description
+
+    app = VSPApplication.create_headless()
+    node, volume = load_series(
+        app.scene,
+        args.folder,
+        series_uid=args.series_uid,
+        allow_irregular_spacing=args.allow_irregular_spacing,
+        ignore_unreadable_files=args.ignore_unreadable_files,
+        progress=progress,
+    )
+    out = args.out
+    if out.suffix.lower() in (".mrml", ".mrb"):
+        storage.save_scene(app, out)
+    else:
+        storage.save_node(node, out)
+    progress.done()
+    # The importer logs its warnings (stderr); they are also in the summary printed here.
+    print(format_description({"saved": str(out), **volume_geometry_summary(volume)}))
     return 0
 
 

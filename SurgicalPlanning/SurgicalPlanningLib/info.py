@@ -97,18 +97,43 @@ def describe_node(node) -> dict:
     return {"kind": node.GetClassName(), "name": node.GetName()}
 
 
-def describe_dicom_folder(folder: Path, *, progress: ProgressCallback | None = None) -> dict:
-    from .dicom_series import scan_folder
+def describe_dicom_folder(
+    folder: Path, *, progress: ProgressCallback | None = None, read_voxels: bool = True
+) -> dict:
+    """The series in a folder; with `read_voxels`, each image series is also read through the
+    importer, so that its geometry and any problem (a missing slice, a tilt) are reported."""
+    from .dicom_series import read_series, scan_folder, volume_geometry_summary
+    from .errors import VSPError
+    from .progress import scaled
 
-    series = scan_folder(folder, progress=progress)
-    return {"kind": "dicom folder", "path": str(folder), "series": [s.to_dict() for s in series]}
+    scan = scan_folder(folder, progress=scaled(progress, 0.0, 0.3 if read_voxels else 1.0))
+    series = []
+    image_series = {s.series_uid for s in scan.image_series()} if read_voxels else set()
+    for index, info in enumerate(scan):
+        entry = info.to_dict()
+        if info.series_uid in image_series:
+            step = scaled(progress, 0.3 + 0.7 * index / len(scan), 0.3 + 0.7 * (index + 1) / len(scan))
+            try:
+                volume = read_series(info.files, series_uid=info.series_uid, progress=step)
+                entry["geometry"] = volume_geometry_summary(volume)
+            except VSPError as error:
+                entry["problem"] = str(error)
+        series.append(entry)
+    description = {"kind": "dicom folder", "path": str(folder), "series": series}
+    if scan.skipped_non_dicom:
+        description["skipped_non_dicom_files"] = scan.skipped_non_dicom
+    if scan.unreadable:
+        description["unreadable_files"] = [{"file": str(p), "reason": r} for p, r, _ in scan.unreadable]
+    return description
 
 
-def describe(path: str | os.PathLike, *, progress: ProgressCallback | None = None) -> dict:
+def describe(
+    path: str | os.PathLike, *, progress: ProgressCallback | None = None, read_voxels: bool = True
+) -> dict:
     """A JSON-able description of what `path` holds."""
     path = Path(path)
     if path.is_dir():
-        return describe_dicom_folder(path, progress=progress)
+        return describe_dicom_folder(path, progress=progress, read_voxels=read_voxels)
     if not path.is_file():
         raise InputDataError("no such file or folder.", subject=str(path), fix="check the path.")
     if path.suffix.lower() in (".mrml", ".mrb"):
@@ -117,7 +142,7 @@ def describe(path: str | os.PathLike, *, progress: ProgressCallback | None = Non
         nodes = [describe_node(node) for node in storage.storable_nodes(app.scene)]
         return {"kind": "scene", "path": str(path), "nodes": nodes}
     if path.suffix.lower() == ".dcm" or _looks_like_dicom(path):
-        return describe_dicom_folder(path.parent, progress=progress) | {
+        return describe_dicom_folder(path.parent, progress=progress, read_voxels=read_voxels) | {
             "note": f"{path.name} is in this folder"
         }
     app = VSPApplication.create_headless()
