@@ -303,6 +303,12 @@ def test_scene_round_trip_keeps_every_node_geometry_and_terminology(tmp_path, su
     second = VSPApplication.create_headless()
     storage.load_scene(second, path)
     scene = second.scene
+
+    def data_nodes(app):
+        return sorted((n.GetClassName(), n.GetName()) for n in storage.storable_nodes(app.scene))
+
+    assert data_nodes(second) == data_nodes(first)  # every data node, none lost, none doubled
+    assert len(data_nodes(first)) == 4
     loaded = scene.GetFirstNodeByName("ct")
     np.testing.assert_array_equal(arrayFromVolume(loaded), asymmetric_array())
     np.testing.assert_allclose(ijk_to_ras(loaded), IJK_TO_RAS, atol=1e-4)
