@@ -321,3 +321,48 @@ def test_vsp_import_dicom_refuses_a_gap_unless_told_and_keeps_laterality(case, t
     app = VSPApplication.create_headless()
     storage.load_scene(app, bundle)
     assert_ct_not_mirrored(app.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode"), case)
+
+
+def test_vsp_export_and_import_seg_round_trip(case, loaded, tmp_path, capsys):
+    app, result = loaded
+    seg_file = storage.save_node(result.segmentation_node, tmp_path / "truth.seg.nrrd")
+    dcm = tmp_path / "truth-seg.dcm"
+    # Names are comma-separated, so "Renal tumour, left" reads as "Renal tumour" + " left".
+    args = ["-q", "export-seg", str(seg_file), "--dicom", str(case.dicom_dir), "--out", str(dcm)]
+    assert main([*args, "--segments", "Renal tumour, left,Aorta"]) == 2
+    assert "has no segment named 'Renal tumour'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "-q",
+                "export-seg",
+                str(seg_file),
+                "--dicom",
+                str(case.dicom_dir),
+                "--out",
+                str(dcm),
+                "--segments",
+                "Vertebral column,Aorta",
+            ]
+        )
+        == 0
+    )
+    assert dcm.is_file()
+    out = tmp_path / "back.seg.nrrd"
+    assert main(["-q", "import-seg", str(dcm), "--reference", str(case.dicom_dir), "--out", str(out)]) == 0
+    other = VSPApplication.create_headless()
+    back = storage.load_segmentation(other, out)
+    segmentation = back.GetSegmentation()
+    assert [segmentation.GetNthSegment(n).GetName() for n in range(2)] == ["Vertebral column", "Aorta"]
+    volume = storage.load_volume(other, storage.save_node(result.volume_node, tmp_path / "ct.nrrd"))
+    original = {row["segment"]: row for row in result.summary["segments"]}
+    for row in segment_statistics(back, volume):
+        assert row["voxels"] == original[row["segment"]]["voxels"]
+        assert row["centroid_ras_mm"] == original[row["segment"]]["centroid_ras_mm"]
+
+
+def test_vsp_import_seg_of_a_non_seg_file_is_a_clear_error(case, tmp_path, capsys):
+    ct_file = next(case.dicom_dir.iterdir())
+    assert main(["-q", "import-seg", str(ct_file), "--out", str(tmp_path / "x.seg.nrrd")]) == 2
+    error = capsys.readouterr().err
+    assert ct_file.name in error and "not a DICOM Segmentation" in error

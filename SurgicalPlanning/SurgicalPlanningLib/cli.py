@@ -76,6 +76,13 @@ def _shape(text: str) -> tuple[int, int, int]:
     return columns, rows, slices
 
 
+def _connector_error() -> type[Exception]:
+    """The connector's user-facing error class (its Lib cannot share ours: dependencies point one way)."""
+    from CasePortalConnectorLib.errors import ConnectorError
+
+    return ConnectorError
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsp",
@@ -143,6 +150,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip files that cannot be read instead of stopping",
     )
     imp.set_defaults(handler=_import_dicom)
+
+    exp_seg = commands.add_parser(
+        "export-seg",
+        help="export a segmentation as DICOM SEG referencing its source CT series",
+        description="Write the segments of a segmentation (.seg.nrrd, or the first segmentation of "
+        "a .mrml/.mrb scene) as one DICOM Segmentation object that references the source CT series "
+        "(frame of reference, instances), with SNOMED CT codes, colours and algorithm identification.",
+    )
+    exp_seg.add_argument("segmentation", type=Path, help=".seg.nrrd, .mrml or .mrb")
+    exp_seg.add_argument("--dicom", required=True, type=Path, help="folder of the source CT series")
+    exp_seg.add_argument("--out", required=True, type=Path, help="output .dcm file")
+    exp_seg.add_argument("--series-uid", help="the source series, when the folder holds several")
+    exp_seg.add_argument("--segments", help="comma-separated segment names to export (default: all)")
+    exp_seg.add_argument("--type", choices=("BINARY", "FRACTIONAL", "LABELMAP"), default="BINARY")
+    exp_seg.add_argument("--algorithm-type", choices=("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"), default=None)
+    exp_seg.add_argument("--algorithm-name", help="model or tool name (needed unless MANUAL)")
+    exp_seg.add_argument("--algorithm-version", help="model or tool version (needed unless MANUAL)")
+    exp_seg.set_defaults(handler=_export_seg)
+
+    imp_seg = commands.add_parser(
+        "import-seg",
+        help="import a DICOM SEG as a Slicer segmentation",
+        description="Read a DICOM Segmentation (BINARY, FRACTIONAL or LABELMAP) into a segmentation "
+        "with names, colours and terminology, on the reference CT's grid when given (a DICOM folder "
+        "or a volume file), otherwise on the SEG's own geometry; save it as .seg.nrrd or a scene.",
+    )
+    imp_seg.add_argument("seg", type=Path, help="the DICOM SEG file")
+    imp_seg.add_argument("--out", required=True, type=Path, help="output .seg.nrrd, .mrml or .mrb")
+    imp_seg.add_argument("--reference", type=Path, help="the source CT: DICOM folder or volume file")
+    imp_seg.set_defaults(handler=_import_seg)
     return parser
 
 
@@ -190,6 +227,85 @@ def _import_dicom(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     return 0
 
 
+def _load_segmentation_input(app, path: Path):
+    from . import storage
+
+    if path.suffix.lower() in (".mrml", ".mrb"):
+        storage.load_scene(app, path)
+        node = app.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        if node is None:
+            raise VSPError("the scene holds no segmentation.", subject=str(path), fix="pass a .seg.nrrd.")
+        return node
+    return storage.load_segmentation(app, path)
+
+
+def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from CasePortalConnectorLib.dicom_objects import AlgorithmInfo, export_seg
+
+    from .app import VSPApplication
+
+    app = VSPApplication.create_headless()
+    report_step = progress
+    report_step(0.0, f"reading {args.segmentation.name}")
+    segmentation_node = _load_segmentation_input(app, args.segmentation)
+    segment_ids = None
+    if args.segments:
+        segmentation = segmentation_node.GetSegmentation()
+        segment_ids = []
+        for name in (n.strip() for n in args.segments.split(",")):
+            segment_id = segmentation.GetSegmentIdBySegmentName(name)
+            if not segment_id:
+                raise VSPError(f"has no segment named {name!r}.", subject=str(args.segmentation))
+            segment_ids.append(segment_id)
+    algorithm = None
+    if args.algorithm_type and args.algorithm_type != "MANUAL" or args.algorithm_name:
+        algorithm = AlgorithmInfo(
+            name=args.algorithm_name or "",
+            version=args.algorithm_version or "",
+            type=args.algorithm_type or "AUTOMATIC",
+        )
+    report_step(0.3, "writing the DICOM SEG")
+    path = export_seg(
+        segmentation_node,
+        args.dicom,
+        args.out,
+        segment_ids=segment_ids,
+        algorithm=algorithm,
+        seg_type=args.type,
+        series_uid=args.series_uid,
+    )
+    report_step(1.0, "done")
+    progress.done()
+    print(f"wrote {path}")
+    return 0
+
+
+def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from CasePortalConnectorLib.dicom_objects import import_seg
+
+    from . import storage
+    from .app import VSPApplication
+    from .info import describe_segmentation_node, format_description
+
+    app = VSPApplication.create_headless()
+    reference = None
+    if args.reference is not None:
+        if args.reference.is_dir():
+            from .dicom_series import load_series
+
+            reference, _ = load_series(app.scene, args.reference, name="CT", progress=progress)
+        else:
+            reference = storage.load_volume(app, args.reference, name="CT")
+    node = import_seg(app, args.seg, reference_volume=reference)
+    if args.out.suffix.lower() in (".mrml", ".mrb"):
+        storage.save_scene(app, args.out)
+    else:
+        storage.save_node(node, args.out)
+    progress.done()
+    print(format_description({"saved": str(args.out), **describe_segmentation_node(node)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -203,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = ConsoleProgress(enabled=not args.quiet)
     try:
         return args.handler(args, progress)
-    except VSPError as error:
+    except (VSPError, _connector_error()) as error:
         progress.done()
         print(f"vsp {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INPUT
