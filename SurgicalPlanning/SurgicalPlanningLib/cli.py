@@ -162,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp_seg.add_argument("--dicom", required=True, type=Path, help="folder of the source CT series")
     exp_seg.add_argument("--out", required=True, type=Path, help="output .dcm file")
     exp_seg.add_argument("--series-uid", help="the source series, when the folder holds several")
-    exp_seg.add_argument("--segments", help="comma-separated segment names to export (default: all)")
+    exp_seg.add_argument(
+        "--segment",
+        action="append",
+        metavar="NAME",
+        help="a segment to export, by name; repeat for several (default: all, in order)",
+    )
     exp_seg.add_argument("--type", choices=("BINARY", "FRACTIONAL", "LABELMAP"), default="BINARY")
     exp_seg.add_argument("--algorithm-type", choices=("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"), default=None)
     exp_seg.add_argument("--algorithm-name", help="model or tool name (needed unless MANUAL)")
@@ -249,10 +254,10 @@ def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     report_step(0.0, f"reading {args.segmentation.name}")
     segmentation_node = _load_segmentation_input(app, args.segmentation)
     segment_ids = None
-    if args.segments:
+    if args.segment:
         segmentation = segmentation_node.GetSegmentation()
         segment_ids = []
-        for name in (n.strip() for n in args.segments.split(",")):
+        for name in args.segment:
             segment_id = segmentation.GetSegmentIdBySegmentName(name)
             if not segment_id:
                 raise VSPError(f"has no segment named {name!r}.", subject=str(args.segmentation))
