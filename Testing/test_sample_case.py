@@ -15,7 +15,8 @@ from slicer.util import arrayFromVolume
 from SurgicalPlanningLib import storage
 from SurgicalPlanningLib.app import VSPApplication
 from SurgicalPlanningLib.cli import main
-from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case, segment_statistics
+from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
+from SurgicalPlanningLib.segmentation.statistics import compute_segment_statistics, to_json
 
 SHAPE = (128, 128, 75)  # the "small" grid: the same anatomy at 2.8 × 2.8 × 4 mm
 
@@ -60,7 +61,11 @@ def assert_ct_not_mirrored(volume_node, case) -> None:
 
 
 def by_key(rows: list[dict]) -> dict:
-    return {row["key"]: row for row in rows}
+    return {row["structure_key"]: row for row in rows}
+
+
+def segment_statistics(segmentation_node, volume_node) -> list[dict]:
+    return to_json(compute_segment_statistics(segmentation_node, volume_node))
 
 
 def assert_tumour_left_of_spine(rows: list[dict]) -> None:
@@ -209,7 +214,7 @@ def test_scene_saved_and_reloaded_keeps_the_tumour_left(case, loaded, tmp_path, 
     assert_tumour_left_of_spine(rows)
     assert len(rows) == len(result.summary["segments"])
     for before, after in zip(result.summary["segments"], rows, strict=True):
-        assert after["voxels"] == before["voxels"]
+        assert after["voxel_count"] == before["voxel_count"]
     # The DICOM references survive: later steps cite the source series.
     assert volume.GetAttribute("DICOM.SeriesInstanceUID") == result.summary["volume"]["series_instance_uid"]
 
@@ -342,8 +347,10 @@ def test_vsp_export_and_import_seg_round_trip(case, loaded, tmp_path, capsys):
     volume = storage.load_volume(other, storage.save_node(result.volume_node, tmp_path / "ct.nrrd"))
     original = {row["segment"]: row for row in result.summary["segments"]}
     for row in segment_statistics(back, volume):
-        assert row["voxels"] == original[row["segment"]]["voxels"]
-        assert row["centroid_ras_mm"] == original[row["segment"]]["centroid_ras_mm"]
+        assert row["voxel_count"] == original[row["segment"]]["voxel_count"]
+        np.testing.assert_allclose(
+            row["centroid_ras_mm"], original[row["segment"]]["centroid_ras_mm"], atol=1e-6
+        )
 
 
 def test_vsp_import_seg_of_a_non_seg_file_is_a_clear_error(case, tmp_path, capsys):

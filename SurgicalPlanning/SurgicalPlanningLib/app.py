@@ -89,6 +89,7 @@ class VSPApplication:
             app._logics[name] = logic
         app._attach_cache(tempfile.mkdtemp(prefix="vsp-cache-"))
         register_converter_rules()
+        app.load_terminology()
         return app
 
     def _attach_cache(self, folder: str) -> None:
@@ -113,7 +114,18 @@ class VSPApplication:
             logic = app.app_logic.GetModuleLogic(name)
             if logic is not None:
                 app._logics[name] = logic
+        app.load_terminology()
         return app
+
+    def load_terminology(self) -> None:
+        """Load SlicerVSP's terminology context (codes, names, colours) into the terminologies logic."""
+        from .terminology import CONTEXT_FILE, TERMINOLOGY_CONTEXT
+
+        logic = self._logics.get("Terminologies")
+        if logic is None or logic.IsTerminologyContextLoaded(TERMINOLOGY_CONTEXT):
+            return
+        if not logic.LoadContextFromFile(str(CONTEXT_FILE)):
+            raise RuntimeError(f"Slicer could not load the SlicerVSP terminology {CONTEXT_FILE}")
 
     def logic(self, name: str):
         """A module logic by Slicer's module name ("Volumes", "Segmentations", ...)."""

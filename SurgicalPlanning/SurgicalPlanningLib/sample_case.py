@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import vtk
-from scipy import ndimage
-from slicer.util import arrayFromVolume
 
 from . import __version__, storage
 from .app import VSPApplication
 from .errors import InputDataError
 from .progress import ProgressCallback, report, scaled
+from .segmentation import statistics
 from .terminology import term, terminology_entry
 
 CASE_FILE = "case.json"
@@ -149,52 +147,6 @@ def labelmap_to_segmentation(
     return segmentation_node
 
 
-def segment_statistics(segmentation_node, reference_volume) -> list[dict]:
-    """Voxel count, volume (mL) and centroid (RAS, mm) of every segment, on the reference grid."""
-    import slicer
-
-    labelmap = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    try:
-        segmentation = segmentation_node.GetSegmentation()
-        ids = vtk.vtkStringArray()
-        for index in range(segmentation.GetNumberOfSegments()):
-            ids.InsertNextValue(segmentation.GetNthSegmentID(index))
-        # Exported in segment order, label n+1 for the n-th segment, on the volume's grid.
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation_node, ids, labelmap, reference_volume
-        )
-        if not ok:
-            raise InputDataError("could not be exported to a label map.", subject=segmentation_node.GetName())
-        labels = arrayFromVolume(labelmap)
-        matrix = vtk.vtkMatrix4x4()
-        labelmap.GetIJKToRASMatrix(matrix)
-        ijk_to_ras = slicer.util.arrayFromVTKMatrix(matrix)
-        voxel_mm3 = float(abs(np.linalg.det(ijk_to_ras[:3, :3])))
-        count = ids.GetNumberOfValues()
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        centres = ndimage.center_of_mass(np.ones(labels.shape, np.bool_), labels, list(range(1, count + 1)))
-    finally:
-        segmentation_node.GetScene().RemoveNode(labelmap)
-    rows = []
-    for index in range(count):
-        segment = segmentation.GetNthSegment(index)
-        key = vtk.reference("")
-        segment.GetTag("SlicerVSP.StructureKey", key)
-        voxels = int(sizes[index + 1])
-        k, j, i = centres[index]
-        centre = (ijk_to_ras @ np.array([i, j, k, 1.0]))[:3] if voxels else None
-        rows.append(
-            {
-                "segment": segment.GetName(),
-                "key": str(key) or None,
-                "voxels": voxels,
-                "volume_mL": round(voxels * voxel_mm3 / 1000.0, 3),
-                "centroid_ras_mm": [round(float(v), 2) for v in centre] if centre is not None else None,
-            }
-        )
-    return rows
-
-
 def load_sample_case(
     app: VSPApplication, case_dir: str | os.PathLike, *, progress: ProgressCallback | None = None
 ) -> LoadedCase:
@@ -218,7 +170,11 @@ def load_sample_case(
     finally:
         app.scene.RemoveNode(labelmap)
     report(progress, 0.85, "measuring segments")
-    segments = segment_statistics(segmentation_node, volume_node)
+    segments = statistics.to_json(
+        statistics.compute_segment_statistics(
+            segmentation_node, volume_node, progress=scaled(progress, 0.85, 1.0)
+        )
+    )
     summary = {
         "volume": {
             "name": volume_node.GetName(),
@@ -237,7 +193,7 @@ def load_sample_case(
 
 def laterality_check(segments: list[dict]) -> dict:
     """Is the tumour on the patient's left of the spine? (RAS: smaller R coordinate = left)."""
-    by_key = {row["key"]: row for row in segments}
+    by_key = {row["structure_key"]: row for row in segments}
     tumour, spine = by_key.get("tumour"), by_key.get("spine")
     if not tumour or not spine or not tumour["centroid_ras_mm"] or not spine["centroid_ras_mm"]:
         return {"checked": False}

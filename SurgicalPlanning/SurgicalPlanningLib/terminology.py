@@ -11,6 +11,14 @@ name. Every code below was checked against a public source; the source is named 
 - ``TotalSeg``: TotalSegmentator's ``totalsegmentator_snomed_mapping.csv``
 - ``mCODE``: HL7 mCODE's TG-263 to SNOMED CT concept map
 
+A colour is the one the named source recommends for the code where it has one (Slicer's generic
+"Artery"/"Vein" colours for vessels it gives none); otherwise it is SlicerVSP's choice.
+
+:func:`structure_for_ai_label` maps the label names of TotalSegmentator and of MONAI Label /
+MONAI bundle models to structure keys, so that AI results get codes. ``data/SlicerVSP.term.json``
+is :func:`slicer_terminology_context` written out; ``python -m SurgicalPlanningLib.terminology
+--write`` regenerates it after the table changes (``--check`` tells whether it is current).
+
 The category codes follow Slicer's terminology files (SCT 123037004 "Anatomical Structure",
 SCT 49755003 "Morphologically Altered Structure"). Recent DICOM editions use SCT 91723000 for
 "Anatomical Structure"; Slicer's files and most existing data still use 123037004.
@@ -22,8 +30,13 @@ guessed SNOMED CT one. Replace it when a verified code is available.
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InputDataError
 
@@ -361,10 +374,197 @@ def _build_table() -> dict[str, StructureTerm]:
             parts=("rib_left", "rib_right"),
         )
     )
+    terms += _planning_terms()
     table = {t.key: t for t in terms}
     if len(table) != len(terms):
         raise RuntimeError("duplicate terminology keys")
     return table
+
+
+def _planning_terms() -> list[StructureTerm]:
+    """Structures the suite plans on beyond the phantom's labels, and those AI models deliver.
+
+    Colours come from the source named for the code where that source recommends one (Slicer's
+    terminology files, TotalSegmentator's mapping); the vertebrae alternate two spine shades.
+    """
+    kidney = Code(SCT, "64033007", "Kidney")
+    liver = Code(SCT, "10200004", "Liver")
+    terms: list[StructureTerm] = [
+        # Liver and its vessels (Slicer-DM types, all in DICOM CID 7151).
+        _term(
+            "hepatic_veins",
+            "Hepatic veins",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "8993003", "Hepatic vein"),
+            _rgb(0, 151, 206),
+            "Slicer-DM, DICOM CID 7151",
+        ),
+        _term(
+            "portal_vein",
+            "Portal vein",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "32764006", "Portal vein"),
+            _rgb(0, 90, 220),
+            "Slicer-DM, DICOM CID 7151",
+        ),
+        # TotalSegmentator segments portal and splenic vein as one structure.
+        _term(
+            "portal_vein_and_splenic_vein",
+            "Portal and splenic vein",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "110765007", "Portal vein and splenic vein"),
+            _rgb(0, 90, 220),
+            "TotalSeg",
+        ),
+        _term(
+            "hepatic_artery",
+            "Hepatic artery",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "76015000", "Hepatic artery"),
+            _rgb(216, 101, 79),
+            "Slicer-DM, DICOM CID 7151",
+        ),
+        _term(
+            "liver_vessels",
+            "Liver vessels",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "59820001", "Blood vessel"),
+            _rgb(60, 160, 60),
+            "TotalSeg, DICOM CID 7166",
+            region=liver,
+        ),
+        _term(
+            "liver_tumour",
+            "Liver tumour",
+            MORPHOLOGICALLY_ALTERED,
+            Code(SCT, "108369006", "Neoplasm"),
+            _rgb(255, 0, 200),
+            "TotalSeg, DICOM CID 7159",
+            region=liver,
+        ),
+        # Other abdominal organs (Slicer-GA, DICOM CID 7154).
+        _term(
+            "pancreas",
+            "Pancreas",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "15776009", "Pancreas"),
+            _rgb(249, 180, 111),
+            "Slicer-GA, DICOM CID 7154",
+        ),
+        _term(
+            "gallbladder",
+            "Gallbladder",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "28231008", "Gallbladder"),
+            _rgb(139, 150, 98),
+            "Slicer-GA, DICOM CID 7154",
+        ),
+        # Tissues (Slicer-GA "Tissue" category; skin is in DICOM CID 7166).
+        _term("bone", "Bone", TISSUE, Code(SCT, "272673000", "Bone"), _rgb(241, 214, 145), "Slicer-GA"),
+        _term(
+            "skin",
+            "Skin",
+            TISSUE,
+            Code(SCT, "39937001", "Skin"),
+            _rgb(177, 122, 101),
+            "Slicer-GA, DICOM CID 7166",
+        ),
+        # Renal lesions without a side: what an AI model delivers before code decides the side.
+        _term(
+            "renal_tumour",
+            "Renal tumour",
+            MORPHOLOGICALLY_ALTERED,
+            Code(SCT, "108369006", "Neoplasm"),
+            _rgb(144, 238, 144),
+            "Slicer-DM, DICOM CID 7159",
+            region=kidney,
+        ),
+        _term(
+            "renal_mass",
+            "Renal mass",
+            MORPHOLOGICALLY_ALTERED,
+            Code(SCT, "4147007", "Mass"),
+            _rgb(144, 238, 144),
+            "Slicer-GA, DICOM CID 7159",
+            region=kidney,
+        ),
+        # TotalSegmentator codes its kidney cysts with a laterality region modifier; one key for
+        # both sides keeps the side out of the name (see structure_for_ai_label).
+        _term(
+            "kidney_cyst",
+            "Renal cyst",
+            MORPHOLOGICALLY_ALTERED,
+            Code(SCT, "367643001", "Cyst"),
+            _rgb(205, 205, 100),
+            "Slicer-GA, TotalSeg, DICOM CID 7159",
+            region=kidney,
+        ),
+        _term(
+            "renal_arteries",
+            "Renal arteries",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "2841007", "Renal artery"),
+            _rgb(216, 101, 79),
+            "Slicer-DM, DICOM CID 7151",
+            parts=("renal_arterial_tree_left", "renal_arterial_tree_right"),
+        ),
+        _term(
+            "sacrum",
+            "Sacrum",
+            ANATOMICAL_STRUCTURE,
+            Code(SCT, "54735007", "Sacrum"),
+            _rgb(212, 188, 102),
+            "TotalSeg, DICOM CID 7151",
+        ),
+    ]
+    for side, modifier in _SIDES.items():
+        terms += [
+            _term(
+                f"ureter_{side}",
+                f"Ureter, {side}",
+                ANATOMICAL_STRUCTURE,
+                Code(SCT, "87953007", "Ureter"),
+                _rgb(247, 182, 164),
+                "Slicer-DM, DICOM CID 7151",
+                modifier=modifier,
+            ),
+            _term(
+                f"adrenal_gland_{side}",
+                f"Adrenal gland, {side}",
+                ANATOMICAL_STRUCTURE,
+                Code(SCT, "23451007", "Adrenal gland"),
+                _rgb(249, 186, 150),
+                "Slicer-GA, DICOM CID 7154",
+                modifier=modifier,
+            ),
+        ]
+    for index, (level, value) in enumerate(VERTEBRA_CODES):
+        terms.append(
+            _term(
+                f"vertebra_{level}",
+                f"{level} vertebra",
+                ANATOMICAL_STRUCTURE,
+                Code(SCT, value, f"{level} vertebra"),
+                _rgb(212, 188, 102) if index % 2 == 0 else _rgb(240, 220, 150),
+                "TotalSeg" + (", DICOM CID 7151" if level != "S1" else ""),
+            )
+        )
+    return terms
+
+
+# Vertebrae from T10 to S1 (the levels of abdominal planning): SNOMED CT codes as
+# TotalSegmentator maps its vertebrae_* classes; all but S1 are also in DICOM CID 7151.
+VERTEBRA_CODES: tuple[tuple[str, str], ...] = (
+    ("T10", "7610001"),
+    ("T11", "12989004"),
+    ("T12", "23215003"),
+    ("L1", "66794005"),
+    ("L2", "14293000"),
+    ("L3", "36470004"),
+    ("L4", "11994002"),
+    ("L5", "49668003"),
+    ("S1", "65985001"),
+)
 
 
 # The five segmental arteries of a kidney (Graves' segments): key suffix and display name.
@@ -536,10 +736,20 @@ def slicer_terminology_context(keys: Iterable[str] | None = None) -> dict:
         if existing is None:
             existing = {**_code_json(t.type), "recommendedDisplayRGBValue": list(t.colour_255)}
             types.append(existing)
-        if t.modifier is not None:
+        # "3dSlicerLabel" lets Slicer find an entry by the structure key
+        # (FindTypeInTerminologyBy3dSlicerLabel); the first structure with the codes names it.
+        if t.modifier is None:
+            existing.setdefault("3dSlicerLabel", t.key)
+        else:
             modifiers = existing.setdefault("Modifier", [])
             if not any(m["CodeValue"] == t.modifier.value for m in modifiers):
-                modifiers.append({**_code_json(t.modifier), "recommendedDisplayRGBValue": list(t.colour_255)})
+                modifiers.append(
+                    {
+                        **_code_json(t.modifier),
+                        "recommendedDisplayRGBValue": list(t.colour_255),
+                        "3dSlicerLabel": t.key,
+                    }
+                )
     return {
         "SegmentationCategoryTypeContextName": TERMINOLOGY_CONTEXT,
         "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#",
@@ -553,3 +763,193 @@ def _code_json(code: Code) -> dict[str, str]:
         "CodeValue": code.value,
         "CodeMeaning": code.meaning,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Labels of AI segmentation models
+# --------------------------------------------------------------------------------------------
+#
+# The names a model gives its labels, mapped to structure keys so that AI results get SNOMED CT
+# codes. Only names whose meaning is the structure's concept are mapped; anything else (lungs,
+# heart, "kidney" for both kidneys together, ...) maps to nothing rather than to a near miss.
+#
+# TotalSegmentator: class names from ``totalsegmentator/map_to_binary.py`` (tasks ``total``,
+# ``total_v1``, ``liver_vessels``, ``kidney_cysts``, ``renal_arteries``, ``tissue_types``,
+# ``abdominal_muscles``) and ``totalsegmentator_snomed_mapping.csv``, whose codes agree with the
+# table except subcutaneous fat (it codes SCT 67769002 "Subcutaneous fatty tissue"; the table
+# uses DICOM CID 7166's 71966008) and kidney cysts (it adds the side as a region modifier).
+
+TOTALSEGMENTATOR_LABELS: dict[str, str] = {
+    "spleen": "spleen",
+    "kidney_right": "kidney_right",
+    "kidney_left": "kidney_left",
+    "gallbladder": "gallbladder",
+    "liver": "liver",
+    "pancreas": "pancreas",
+    "adrenal_gland_right": "adrenal_gland_right",
+    "adrenal_gland_left": "adrenal_gland_left",
+    "aorta": "aorta",
+    "inferior_vena_cava": "ivc",
+    "portal_vein_and_splenic_vein": "portal_vein_and_splenic_vein",
+    "kidney_cyst_left": "kidney_cyst",
+    "kidney_cyst_right": "kidney_cyst",
+    "sacrum": "sacrum",
+    **{f"vertebrae_{level}": f"vertebra_{level}" for level, _ in VERTEBRA_CODES},
+    "spinal_cord": "spinal_cord",
+    "iliopsoas_left": "psoas_left",
+    "iliopsoas_right": "psoas_right",
+    **{f"rib_{side}_{n}": f"rib_{side}" for side in _SIDES for n in range(1, 13)},
+    "ribs": "ribs",
+    "subcutaneous_fat": "subcutaneous_fat",
+    "torso_fat": "visceral_fat",
+    "liver_vessels": "liver_vessels",
+    "liver_tumor": "liver_tumour",
+    "renal_arteries": "renal_arteries",
+    "erector_spinae_left": "erector_spinae_left",
+    "erector_spinae_right": "erector_spinae_right",
+}
+
+# MONAI: label names of MONAI Label's radiology sample app (``lib/configs/*.py``) and of MONAI
+# model-zoo bundles (``configs/metadata.json`` channel_def), per model.
+_MONAI_ABDOMEN = (
+    "spleen kidney_right kidney_left gallbladder liver aorta inferior_vena_cava "
+    "portal_vein_and_splenic_vein pancreas adrenal_gland_right adrenal_gland_left"
+).split()
+_MONAI_TOTALSEG_V1 = (
+    _MONAI_ABDOMEN
+    + [f"vertebrae_{level}" for level in ("L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10")]
+    + ["sacrum", "iliopsoas_left", "iliopsoas_right"]
+    + [f"rib_{side}_{n}" for side in _SIDES for n in range(1, 13)]
+)
+
+MONAI_MODEL_LABELS: dict[str, dict[str, str]] = {
+    # radiology app "segmentation" (SegResNet, TotalSegmentator names) and its older UNet
+    # version with spelled-out names.
+    "segmentation": {
+        **{name: TOTALSEGMENTATOR_LABELS[name] for name in _MONAI_ABDOMEN},
+        "right kidney": "kidney_right",
+        "left kidney": "kidney_left",
+        "inferior vena cava": "ivc",
+        "portal vein and splenic vein": "portal_vein_and_splenic_vein",
+        "right adrenal gland": "adrenal_gland_right",
+        "left adrenal gland": "adrenal_gland_left",
+    },
+    "segmentation_spleen": {"spleen": "spleen"},
+    "spleen_ct_segmentation": {"spleen": "spleen"},
+    # radiology app "segmentation_full_CT" and the wholeBody_ct_segmentation bundle: the 104
+    # TotalSegmentator v1 classes.
+    "segmentation_full_CT": {name: TOTALSEGMENTATOR_LABELS[name] for name in _MONAI_TOTALSEG_V1},
+    "wholeBody_ct_segmentation": {name: TOTALSEGMENTATOR_LABELS[name] for name in _MONAI_TOTALSEG_V1},
+    # radiology app "kidney_tumor_segmentation": {"kidneys": 1, "tumor": 2}; "kidneys" (both,
+    # no side) has no structure of its own. "tumor" means a renal tumour only in this model.
+    "kidney_tumor_segmentation": {"tumor": "renal_tumour"},
+}
+# Labels whose meaning depends on the model: matched only when the MONAI model is named.
+_MODEL_SPECIFIC_MONAI_LABELS = {"tumor"}
+
+AI_MODELS = ("totalsegmentator", "monai")
+
+
+def _normalised_label(name: str) -> str:
+    """Case, surrounding blanks and the separators " " / "-" / "_" do not tell labels apart."""
+    return re.sub(r"[\s_\-]+", "_", name.strip()).lower()
+
+
+def ai_label_table(model: str) -> dict[str, str]:
+    """{label name: structure key} of "totalsegmentator", "monai" or "monai:<model>"."""
+    name, _, monai_model = model.partition(":")
+    name = name.strip().lower()
+    if name == "totalsegmentator" and not monai_model:
+        return dict(TOTALSEGMENTATOR_LABELS)
+    if name == "monai" and monai_model:
+        if monai_model not in MONAI_MODEL_LABELS:
+            raise InputDataError(
+                f"unknown MONAI model {monai_model!r}",
+                subject="AI label mapping",
+                fix=f"use one of: {', '.join(sorted(MONAI_MODEL_LABELS))}, or plain 'monai'",
+            )
+        return dict(MONAI_MODEL_LABELS[monai_model])
+    if name == "monai":
+        union: dict[str, str] = {}
+        for labels in MONAI_MODEL_LABELS.values():
+            union.update({k: v for k, v in labels.items() if k not in _MODEL_SPECIFIC_MONAI_LABELS})
+        return union
+    raise InputDataError(
+        f"unknown AI model family {model!r}",
+        subject="AI label mapping",
+        fix="use 'totalsegmentator', 'monai', 'monai:<model name>' or None",
+    )
+
+
+def structure_for_ai_label(name: str, model: str | None = None) -> StructureTerm | None:
+    """The structure an AI model's label stands for, or None when it stands for none of ours.
+
+    ``model`` is "totalsegmentator", "monai", "monai:<MONAI Label model or bundle name>" (e.g.
+    "monai:kidney_tumor_segmentation") or None (any). Names are compared without regard to case
+    and to " ", "-", "_". The result carries the codes the segment must be given; from then on
+    code, not the name, decides which structure a segment is.
+    """
+    wanted = _normalised_label(name)
+    models = [model] if model is not None else list(AI_MODELS)
+    for candidate in models:
+        for label, key in ai_label_table(candidate).items():
+            if _normalised_label(label) == wanted:
+                return term(key)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The Slicer terminology context file
+# --------------------------------------------------------------------------------------------
+
+CONTEXT_FILE = Path(__file__).resolve().parent / "data" / "SlicerVSP.term.json"
+
+
+def terminology_context_text() -> str:
+    """The text of ``data/SlicerVSP.term.json``: :func:`slicer_terminology_context` as JSON."""
+    return json.dumps(slicer_terminology_context(), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_terminology_context(path: str | os.PathLike = CONTEXT_FILE) -> Path:
+    """Write the context file (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(terminology_context_text(), encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m SurgicalPlanningLib.terminology --write | --check``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m SurgicalPlanningLib.terminology",
+        description="Regenerate or check SlicerVSP's Slicer terminology context file.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help=f"write {CONTEXT_FILE.name} from the table")
+    action.add_argument("--check", action="store_true", help="exit 1 if the file differs from the table")
+    parser.add_argument("--path", type=Path, default=CONTEXT_FILE, help="file to write or check")
+    args = parser.parse_args(argv)
+    if args.write:
+        print(f"wrote {write_terminology_context(args.path)}")
+        return 0
+    current = args.path.read_text(encoding="utf-8") if args.path.is_file() else None
+    if current != terminology_context_text():
+        print(
+            f"{args.path} is out of date with the terminology table; "
+            "run `python -m SurgicalPlanningLib.terminology --write`",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.path} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

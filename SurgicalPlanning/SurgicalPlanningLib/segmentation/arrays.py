@@ -179,3 +179,96 @@ def paste_into(grid: GridArray, reference_ijk_to_ras: np.ndarray, shape_kji) -> 
     k, j, i = grid.array.shape
     full[k0 : k0 + k, j0 : j0 + j, i0 : i0 + i] = grid.array
     return full
+
+
+def lattice_offset(grid: GridArray, reference_ijk_to_ras: np.ndarray) -> tuple[int, int, int] | None:
+    """Index (i, j, k) of `grid`'s voxel (0, 0, 0) in the reference grid.
+
+    None when the two are not one lattice: other spacing or axes, or an origin between voxels.
+    """
+    spacing = float(np.max(np.linalg.norm(reference_ijk_to_ras[:3, :3], axis=0)))
+    if not np.allclose(grid.ijk_to_ras[:3, :3], reference_ijk_to_ras[:3, :3], rtol=0, atol=1e-5 * spacing):
+        return None
+    offset = np.linalg.solve(reference_ijk_to_ras, np.append(grid.ijk_to_ras[:3, 3], 1.0))[:3]
+    rounded = np.round(offset)
+    if not np.allclose(offset, rounded, rtol=0, atol=1e-3):
+        return None
+    i, j, k = (int(v) for v in rounded)
+    return i, j, k
+
+
+def segment_on_reference_grid(segmentation_node, segment_id: str, reference_volume) -> bool:
+    """Is the segment's binary labelmap on the volume's lattice (same axes and spacing, voxel
+    centres on the volume's), so that it needs no resampling? The extents may differ."""
+    _check_segment(segmentation_node, segment_id)
+    image = segmentation_node.GetSegmentation().GetSegmentRepresentation(
+        segment_id, slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    )
+    if image is None or segmentation_node.GetParentTransformNode() is not None:
+        return False
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    lattice = GridArray(np.zeros((0, 0, 0), bool), vtk_matrix_to_array(matrix))
+    return lattice_offset(lattice, volume_ijk_to_ras(reference_volume)) is not None
+
+
+def segment_masks(segmentation_node, ids=None, reference_volume=None) -> dict[str, GridArray]:
+    """Cropped boolean masks of several segments: what `segment_mask(..., crop=True)` gives.
+
+    Segments that share a labelmap layer are read from it directly, and one pass over the layer
+    finds every segment's extent, instead of one copy of the whole layer per segment. Segments
+    not on `reference_volume`'s grid, or under a parent transform, go through `segment_mask`
+    (resampled onto the reference grid).
+    """
+    from scipy import ndimage
+
+    ids = list(ids) if ids is not None else segment_ids(segmentation_node)
+    segmentation = segmentation_node.GetSegmentation()
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    masks: dict[str, GridArray] = {}
+    by_layer: dict[int, list[str]] = {}
+    transformed = segmentation_node.GetParentTransformNode() is not None
+    for segment_id in ids:
+        _check_segment(segmentation_node, segment_id)
+        direct = (
+            not transformed
+            and segmentation.GetSegmentRepresentation(segment_id, name) is not None
+            and (
+                reference_volume is None
+                or segment_on_reference_grid(segmentation_node, segment_id, reference_volume)
+            )
+        )
+        if direct:
+            by_layer.setdefault(segmentation.GetLayerIndex(segment_id), []).append(segment_id)
+        else:
+            masks[segment_id] = segment_mask(segmentation_node, segment_id, reference_volume, crop=True)
+    for layer_ids in by_layer.values():
+        image = segmentation.GetSegmentRepresentation(layer_ids[0], name)
+        extent = image.GetExtent()
+        values = {sid: segmentation.GetSegment(sid).GetLabelValue() for sid in layer_ids}
+        if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+            for segment_id in layer_ids:
+                masks[segment_id] = GridArray(np.zeros((0, 0, 0), bool), np.eye(4))
+            continue
+        dims = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+        layer = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims)  # a view
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        ijk_to_ras = vtk_matrix_to_array(matrix)
+        ijk_to_ras[:3, 3] = ijk_to_ras[:3, :3] @ np.array(extent[0::2], float) + ijk_to_ras[:3, 3]
+        grid = GridArray(layer, ijk_to_ras)
+        usable = np.issubdtype(layer.dtype, np.integer) and all(v > 0 for v in values.values())
+        objects = ndimage.find_objects(layer, max_label=max(values.values())) if usable else None
+        for segment_id, value in values.items():
+            if objects is None:
+                masks[segment_id] = crop_to_content(GridArray(layer == value, ijk_to_ras))
+                continue
+            box = objects[value - 1]
+            if box is None:
+                masks[segment_id] = GridArray(np.zeros((0, 0, 0), bool), ijk_to_ras.copy())
+                continue
+            corner = grid.ras_of([box[2].start, box[1].start, box[0].start])
+            cropped = ijk_to_ras.copy()
+            cropped[:3, 3] = corner
+            masks[segment_id] = GridArray(layer[box] == value, cropped)
+    return {segment_id: masks[segment_id] for segment_id in ids}
