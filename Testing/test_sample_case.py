@@ -358,3 +358,39 @@ def test_vsp_import_seg_of_a_non_seg_file_is_a_clear_error(case, tmp_path, capsy
     assert main(["-q", "import-seg", str(ct_file), "--out", str(tmp_path / "x.seg.nrrd")]) == 2
     error = capsys.readouterr().err
     assert ct_file.name in error and "not a DICOM Segmentation" in error
+
+
+def test_vsp_segment_stats_and_compare_on_the_tumour(case, loaded, tmp_path, capsys):
+    """A +5 mm margin turns the 15 mm-radius tumour into a 20 mm sphere (clipped by nothing):
+    the recipe, the statistics and the comparison all see it, in mL and mm."""
+    app, result = loaded
+    truth_file = storage.save_node(result.segmentation_node, tmp_path / "truth.seg.nrrd")
+    ct = str(case.nrrd_files["ct"])
+    grown = tmp_path / "grown.seg.nrrd"
+    step = '{"tool": "margin", "segment": "Renal tumour, left", "margin_mm": 5}'
+    args = ["-q", "segment", "--volume", ct, "--input", str(truth_file), "--out", str(grown)]
+    # A misspelt parameter is refused before any work, naming the step and the parameters.
+    bad = '{"tool": "margin", "segment": "Renal tumour, left", "margin": 5}'
+    assert main([*args, "--step", bad]) == 2
+    error = capsys.readouterr().err
+    assert "step 1 (margin)" in error and "margin_mm" in error and not grown.exists()
+    assert main([*args, "--step", step]) == 0
+    assert "step 1 margin:" in capsys.readouterr().out
+
+    stats_json = tmp_path / "stats.json"
+    assert main(["-q", "stats", str(grown), "--volume", ct, "--segment", "Renal tumour, left",
+                 "--json", str(stats_json)]) == 0  # fmt: skip
+    assert "Renal tumour, left" in capsys.readouterr().out
+    [row] = json.loads(stats_json.read_text())
+    sphere_20_mm = 4 / 3 * np.pi * 20**3 / 1000  # 33.5 mL
+    assert row["volume_mL"] == pytest.approx(sphere_20_mm, rel=0.10)
+    assert row["max_diameter_mm"] == pytest.approx(40.0, abs=2 * 2.8)
+
+    assert (
+        main(["-q", "compare", str(truth_file), str(grown), "--segment", "Renal tumour, left", "--json"]) == 0
+    )
+    comparison = json.loads(capsys.readouterr().out)
+    expected_dice = 2 * 14.137 / (14.137 + sphere_20_mm)  # nested spheres: 0.59
+    assert comparison["dice"] == pytest.approx(expected_dice, abs=0.05)
+    assert comparison["hausdorff_95_mm"] == pytest.approx(5.0, abs=2.8)
+    assert comparison["surface_distance_mean_mm"] == pytest.approx(5.0, abs=1.5)

@@ -7,6 +7,7 @@ and how to fix it), 3 an internal error (a bug: please report it with the `--deb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -185,6 +186,49 @@ def build_parser() -> argparse.ArgumentParser:
     imp_seg.add_argument("--out", required=True, type=Path, help="output .seg.nrrd, .mrml or .mrb")
     imp_seg.add_argument("--reference", type=Path, help="the source CT: DICOM folder or volume file")
     imp_seg.set_defaults(handler=_import_seg)
+
+    seg = commands.add_parser(
+        "segment",
+        help="run segmentation tools (threshold, grow from seeds, islands, margin, ...) as a recipe",
+        description="Run segmentation steps on Slicer's engine, in order, and save the result. Steps "
+        'come from a JSON recipe (--recipe, a list of {"tool": ..., parameters}) and/or --step '
+        'arguments (the same JSON objects), e.g. --step \'{"tool": "margin", "segment": '
+        '"Tumour", "margin_mm": 5}\'. Tools: ' + ", ".join(_tool_names()) + ".",
+    )
+    seg.add_argument("--volume", required=True, type=Path, help="the CT: a volume file or a DICOM folder")
+    seg.add_argument("--input", type=Path, help="segmentation to start from (.seg.nrrd); default: empty")
+    seg.add_argument("--out", required=True, type=Path, help="output .seg.nrrd, .mrml or .mrb")
+    seg.add_argument("--recipe", type=Path, help="JSON file with the steps")
+    seg.add_argument(
+        "--step", action="append", default=[], metavar="JSON", help="one step as JSON; repeatable"
+    )
+    seg.set_defaults(handler=_segment)
+
+    stats = commands.add_parser(
+        "stats",
+        help="segment statistics: volumes (mL), surface, diameters, centroids (RAS), HU",
+        description="Measure every segment (or those named) on the CT's grid and print a table; "
+        "--json writes every measure (units in the key names).",
+    )
+    stats.add_argument("segmentation", type=Path, help=".seg.nrrd, .mrml or .mrb")
+    stats.add_argument("--volume", type=Path, help="the CT (volume file or DICOM folder) for HU statistics")
+    stats.add_argument("--segment", action="append", metavar="NAME", help="a segment by name; repeatable")
+    stats.add_argument("--json", type=Path, help="write the statistics as JSON here")
+    stats.set_defaults(handler=_stats)
+
+    cmp_ = commands.add_parser(
+        "compare",
+        help="compare two segmentations of one structure: Dice, Jaccard, volumes, surface distances",
+        description="Compare a segment of A (e.g. the AI result) with a segment of B (e.g. the edited "
+        "one) on A's grid: Dice, Jaccard, volume difference (mL, %%), mean, 95th-percentile and "
+        "maximum symmetric surface distance (mm).",
+    )
+    cmp_.add_argument("a", type=Path, help="segmentation A (.seg.nrrd, .mrml or .mrb)")
+    cmp_.add_argument("b", type=Path, help="segmentation B")
+    cmp_.add_argument("--segment", required=True, help="the segment's name in A")
+    cmp_.add_argument("--segment-b", help="its name in B, if different")
+    cmp_.add_argument("--json", action="store_true", help="print JSON")
+    cmp_.set_defaults(handler=_compare)
     return parser
 
 
@@ -308,6 +352,136 @@ def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         storage.save_node(node, args.out)
     progress.done()
     print(format_description({"saved": str(args.out), **describe_segmentation_node(node)}))
+    return 0
+
+
+def _tool_names() -> list[str]:
+    # The names only: importing the tools here would slow `vsp --help`.
+    return [
+        "threshold", "grow-from-seeds", "keep-largest-island", "remove-small-islands", "split-islands",
+        "smooth", "joint-smooth", "margin", "hollow", "fill-holes", "union", "subtract", "intersect",
+        "invert", "copy", "clear", "add-segment", "vessel-connected-to-seed", "vessel-split-tree",
+    ]  # fmt: skip
+
+
+def _load_volume_input(app, path: Path, progress):
+    from . import storage
+
+    if path.is_dir():
+        from .dicom_series import load_series
+
+        node, _ = load_series(app.scene, path, name="CT", progress=progress)
+        return node
+    return storage.load_volume(app, path, name="CT")
+
+
+def _save_output(app, node, out: Path) -> None:
+    from . import storage
+
+    if out.suffix.lower() in (".mrml", ".mrb"):
+        storage.save_scene(app, out)
+    else:
+        storage.save_node(node, out)
+
+
+def _segment(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from .app import VSPApplication
+    from .progress import scaled
+    from .segmentation.editing import EditSession
+    from .segmentation.recipe import check_step, load_recipe, run_recipe
+
+    steps = load_recipe(args.recipe) if args.recipe else []
+    for text in args.step:
+        try:
+            steps.append(json.loads(text))
+        except json.JSONDecodeError as error:
+            raise VSPError(f"--step is not valid JSON ({error.msg}): {text}", subject="vsp segment") from None
+    if not steps:
+        raise VSPError("no steps given.", subject="vsp segment", fix="pass --recipe FILE or --step JSON.")
+    for index, step in enumerate(steps):
+        check_step(step, index)  # every step checked before any work
+    app = VSPApplication.create_headless()
+    volume = _load_volume_input(app, args.volume, scaled(progress, 0.0, 0.2))
+    if args.input is not None:
+        segmentation_node = _load_segmentation_input(app, args.input)
+    else:
+        segmentation_node = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+        segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    session = EditSession(segmentation_node, volume)
+    outcomes = run_recipe(session, steps, progress=scaled(progress, 0.2, 0.95))
+    _save_output(app, segmentation_node, args.out)
+    progress.done()
+    for index, outcome in enumerate(outcomes):
+        print(f"step {index + 1} {outcome.tool}: {outcome.summary}")
+    for warning in session.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"saved {args.out}")
+    return 0
+
+
+def _segment_ids_by_name(segmentation_node, names: list[str] | None, subject: str) -> list[str] | None:
+    if not names:
+        return None
+    segmentation = segmentation_node.GetSegmentation()
+    ids = []
+    for name in names:
+        segment_id = segmentation.GetSegmentIdBySegmentName(name)
+        if not segment_id:
+            raise VSPError(f"has no segment named {name!r}.", subject=subject)
+        ids.append(segment_id)
+    return ids
+
+
+def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from .app import VSPApplication
+    from .progress import scaled
+    from .segmentation.statistics import compute_segment_statistics, to_json
+
+    app = VSPApplication.create_headless()
+    volume = _load_volume_input(app, args.volume, scaled(progress, 0.0, 0.3)) if args.volume else None
+    segmentation_node = _load_segmentation_input(app, args.segmentation)
+    ids = _segment_ids_by_name(segmentation_node, args.segment, str(args.segmentation))
+    rows = compute_segment_statistics(segmentation_node, volume, ids, progress=scaled(progress, 0.3, 1.0))
+    progress.done()
+    if args.json:
+        from .storage import atomic_path
+
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(to_json(rows), indent=2))
+    header = f"{'segment':<40} {'volume mL':>10} {'surface mm2':>12} {'max diam mm':>11} {'HU mean':>8} {'HU SD':>6} {'islands':>7}"
+    print(header)
+    for row in rows:
+
+        def number(value, digits=1):
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        print(
+            f"{row.name:<40} {row.volume_ml:>10.2f} {row.surface_area_mm2:>12.0f} "
+            f"{number(row.max_diameter_mm):>11} {number(row.hu_mean):>8} {number(row.hu_sd):>6} {row.islands:>7}"
+        )
+    return 0
+
+
+def _compare(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from .app import VSPApplication
+    from .segmentation.compare import compare_segments
+
+    app = VSPApplication.create_headless()
+    a = _load_segmentation_input(app, args.a)
+    other = VSPApplication.create_headless()
+    b = _load_segmentation_input(other, args.b)
+    [id_a] = _segment_ids_by_name(a, [args.segment], str(args.a))
+    [id_b] = _segment_ids_by_name(b, [args.segment_b or args.segment], str(args.b))
+    comparison = compare_segments(a, id_a, b, id_b)
+    progress.done()
+    values = comparison.to_json() if hasattr(comparison, "to_json") else dataclasses.asdict(comparison)
+    if args.json:
+        print(json.dumps(values, indent=2))
+    else:
+        from .info import format_description
+
+        print(format_description(values))
     return 0
 
 
