@@ -405,17 +405,27 @@ def test_json_and_table_carry_units(case):
 
 
 def test_statistics_of_the_imported_sample_case(tmp_path):
-    """The DICOM-imported sample case: the same volumes and centroids as the import summary."""
+    """The DICOM-imported sample case against an independent count: the ground-truth label map
+    read from NRRD with SimpleITK (LPS), voxel counts and centroids with numpy."""
+    import json
+
+    import SimpleITK as sitk
+
     case = create_sample_case(tmp_path / "case", shape=(128, 128, 75), seed=2)
     app = VSPApplication.create_headless()
     loaded = load_sample_case(app, case.case_dir)
     rows = compute_segment_statistics(loaded.segmentation_node, loaded.volume_node)
-    summary = {row["key"]: row for row in loaded.summary["segments"]}
-    assert len(rows) == len(summary)
+    image = sitk.ReadImage(str(case.nrrd_files["labels"]))
+    labels = sitk.GetArrayFromImage(image)
+    keys = {int(v): e["key"] for v, e in json.loads(case.labels_json.read_text())["labels"].items()}
+    assert len(rows) == len(keys)
     for row in rows:
-        expected = summary[row.structure_key]
-        assert row.voxel_count == expected["voxels"], row.structure_key
-        assert np.allclose(row.centroid_ras_mm, expected["centroid_ras_mm"], atol=0.01)
+        [value] = [v for v, key in keys.items() if key == row.structure_key]
+        k, j, i = np.nonzero(labels == value)
+        assert row.voxel_count == len(i), row.structure_key
+        centre_lps = image.TransformContinuousIndexToPhysicalPoint((i.mean(), j.mean(), k.mean()))
+        centre_ras = (-centre_lps[0], -centre_lps[1], centre_lps[2])
+        assert np.allclose(row.centroid_ras_mm, centre_ras, atol=0.01), row.structure_key
         assert not row.resampled
     by_key = {row.structure_key: row for row in rows}
     assert by_key["tumour"].centroid_ras_mm[0] < by_key["spine"].centroid_ras_mm[0]  # patient's left
