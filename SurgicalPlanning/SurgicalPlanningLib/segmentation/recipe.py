@@ -117,7 +117,8 @@ def run_recipe(
         report(step_progress, 0.0, f"step {index + 1}/{len(checked)}: {name}")
         try:
             if name == "add-segment":
-                segment_id = session.add_segment(arguments["name"], color=arguments.get("color"))
+                with session.operation("add segment"):  # one undo step, like every tool
+                    segment_id = session.add_segment(arguments["name"], color=arguments.get("color"))
                 result = f"added segment {arguments['name']!r} ({segment_id})"
             else:
                 result = TOOLS[name](session, **arguments, progress=step_progress)
