@@ -31,6 +31,9 @@ _MODULE_LOGICS = {
     "Transforms": "vtkSlicerTransformLogic",
 }
 
+# Registered by the desktop's Colors module (legends of distance maps on models).
+_EXTRA_NODE_CLASSES = ("vtkMRMLColorLegendDisplayNode",)
+
 _CONVERTER_RULES = (
     "vtkBinaryLabelmapToClosedSurfaceConversionRule",
     "vtkClosedSurfaceToBinaryLabelmapConversionRule",
@@ -74,6 +77,11 @@ class VSPApplication:
         color_logic = app_logic.GetColorLogic()
         color_logic.SetMRMLScene(scene)
         color_logic.AddDefaultColorNodes()
+
+        # Node classes the desktop's loadable modules register and slicer-core's scene lacks.
+        for class_name in _EXTRA_NODE_CLASSES:
+            if hasattr(slicer, class_name) and not scene.IsNodeClassRegistered(class_name):
+                scene.RegisterNodeClass(getattr(slicer, class_name)())
 
         app = cls(scene=scene, app_logic=app_logic, headless=True)
         app._logics["Colors"] = color_logic
