@@ -229,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--segment-b", help="its name in B, if different")
     cmp_.add_argument("--json", action="store_true", help="print JSON")
     cmp_.set_defaults(handler=_compare)
+
+    plan = commands.add_parser(
+        "plan",
+        help="compute a surgical plan (all variants) on a case scene and compare the variants",
+        description="Load a case scene (.mrb/.mrml with the CT and its segmentation), compute every "
+        "variant of PLAN.json (resections, margins, cut vessels, territories at risk, clamping, "
+        "nephrometry) and write into OUT: plan.json with the results, comparison.json and "
+        "comparison.csv (one row per metric, one column per variant) and Plan.mrb (the scene with "
+        "the plan, its resection planes and surfaces and the resulting regions).",
+    )
+    plan.add_argument("scene", type=Path, help="case scene (.mrb or .mrml)")
+    plan.add_argument("--plan", required=True, type=Path, help="the plan (plan.json)")
+    plan.add_argument("--out", required=True, type=Path, help="output folder")
+    plan.add_argument("--spacing-mm", type=float, default=0.5, help="working grid of resections (mm)")
+    plan.set_defaults(handler=_plan)
     return parser
 
 
@@ -483,6 +498,75 @@ def _compare(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
         print(format_description(values))
     return 0
+
+
+def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from . import storage
+    from .app import VSPApplication
+    from .plan import comparison_rows, load_plan_file, save_plan_file
+    from .planning import PlanningInputs, compute_plan, key_comparison
+    from .progress import scaled
+
+    plan = load_plan_file(args.plan)
+    app = VSPApplication.create_headless()
+    progress(0.0, f"loading {args.scene.name}")
+    storage.load_scene(app, args.scene)
+    volume = app.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    segmentation = _plan_segmentation(app, plan.case.segmentation, args.scene)
+    if volume is None:
+        raise VSPError("the scene holds no CT volume.", subject=str(args.scene), fix="load the case scene.")
+    compute_plan(
+        PlanningInputs(app, segmentation, volume),
+        plan,
+        spacing_mm=args.spacing_mm,
+        progress=scaled(progress, 0.1, 0.9),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_plan_file(plan, args.out)
+    rows = comparison_rows(plan)
+    with storage.atomic_path(args.out / "comparison.json") as temporary:
+        temporary.write_text(json.dumps(rows, indent=2))
+    with storage.atomic_path(args.out / "comparison.csv") as temporary:
+        import csv
+
+        with temporary.open("w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=["metric", *[v.name for v in plan.variants]])
+            writer.writeheader()
+            writer.writerows(rows)
+    progress(0.9, "saving the plan scene")
+    storage.save_scene(app, args.out / "Plan.mrb")
+    progress.done()
+    names = [v.name for v in plan.variants]
+    print(f"{'metric':<46}" + "".join(f"{name[:22]:>24}" for name in names))
+    for row in key_comparison(plan):
+        cells = "".join(f"{_cell(row[name]):>24}" for name in names)
+        print(f"{row['metric']:<46}{cells}")
+    for variant in plan.variants:
+        for warning in variant.results.get("resection", {}).get("warnings", []):
+            print(f"warning ({variant.name}): {warning}", file=sys.stderr)
+    print(f"wrote {args.out / 'plan.json'}, comparison.json/.csv and Plan.mrb")
+    return 0
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _plan_segmentation(app, name: str, scene_path: Path):
+    if name:
+        node = app.scene.GetFirstNode(name, "vtkMRMLSegmentationNode")
+        if node is not None:
+            return node
+    nodes = app.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    if nodes.GetNumberOfItems() == 0:
+        raise VSPError(
+            "the scene holds no segmentation.", subject=str(scene_path), fix="segment the case first."
+        )
+    return nodes.GetItemAsObject(0)
 
 
 def main(argv: list[str] | None = None) -> int:

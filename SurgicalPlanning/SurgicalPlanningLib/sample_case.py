@@ -230,7 +230,15 @@ class DemoResult:
         check = s["laterality_check"]
         if check.get("checked"):
             side = "LEFT" if check["tumour_on_patient_left"] else "RIGHT (WRONG)"
-            lines.append(f"  tumour is on the patient's {side} of the spine (R {check['tumour_R_mm']} mm)")
+            lines.append(
+                f"  tumour is on the patient's {side} of the spine (R {check['tumour_R_mm']:.1f} mm, spine {check['spine_R_mm']:.1f} mm)"
+            )
+        if "plan" in s:
+            names = [name for name in s["plan"]["comparison"][0] if name != "metric"]
+            lines.append(f"  plan ({self.summary['plan']['file']}):")
+            for row in s["plan"]["comparison"]:
+                values = ", ".join(f"{name}: {row[name]}" for name in names)
+                lines.append(f"    {row['metric']}: {values}")
         for warning in volume["importer_warnings"]:
             lines.append(f"  importer warning: {warning}")
         lines.append(f"  took {s['timings_s']['total']:.1f} s")
@@ -281,7 +289,20 @@ def run_demo(
     loaded = load_sample_case(app, case.case_dir, progress=scaled(progress, 0.6, 0.8))
     timings["load"] = time.perf_counter() - t
     t = time.perf_counter()
-    report(progress, 0.8, "saving the scene")
+    report(progress, 0.8, "computing the sample plan (two variants)")
+    from .plan import save_plan_file
+    from .planning import PlanningInputs, compute_plan, key_comparison, sample_plan
+
+    plan = sample_plan(case.facts, loaded.volume_node, case_id=f"VSP-PHANTOM-{seed}")
+    compute_plan(
+        PlanningInputs(app, loaded.segmentation_node, loaded.volume_node),
+        plan,
+        progress=scaled(progress, 0.8, 0.85),
+    )
+    plan_json = save_plan_file(plan, case.case_dir)
+    timings["plan"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report(progress, 0.85, "saving the scene")
     scene_mrml = storage.save_scene(app, out_dir / "scene" / f"{SCENE_NAME}.mrml")
     report(progress, 0.9, "saving the scene bundle")
     scene_mrb = storage.save_scene(app, out_dir / f"{SCENE_NAME}.mrb")
@@ -293,6 +314,7 @@ def run_demo(
         "seed": seed,
         **loaded.summary,
         "scene": {"mrml": str(scene_mrml), "mrb": str(scene_mrb)},
+        "plan": {"file": str(plan_json), "comparison": key_comparison(plan)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     summary_json = out_dir / "summary.json"

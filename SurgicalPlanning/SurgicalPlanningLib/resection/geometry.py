@@ -98,6 +98,10 @@ def _box_in_grid(mask: GridArray, grid: WorkGrid) -> tuple[slice, slice, slice] 
     return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
 
 
+# Fraction of a source voxel by which nearest-neighbour ties are pushed to the upper voxel.
+_TIE_EPSILON = 1e-6
+
+
 def _interpolate_axis(array: np.ndarray, axis: int, positions: np.ndarray, nearest: bool) -> np.ndarray:
     """Linear (or nearest) interpolation along one axis at fractional indices; 0 outside."""
     n = array.shape[axis]
@@ -106,7 +110,11 @@ def _interpolate_axis(array: np.ndarray, axis: int, positions: np.ndarray, neare
     padded = np.pad(array, pad)  # zeros beyond the mask's crop
     t = np.clip(positions + 1.0, 0.0, n + 1.0)
     if nearest:
-        return np.take(padded, np.floor(t + 0.5).astype(np.intp).clip(0, n + 1), axis=axis)
+        # Working samples often fall exactly on a source voxel boundary (0.5 mm steps against
+        # 3 mm slices); break such ties the same way every time, or rounding noise of 1e-13
+        # flips whole planes between two runs on the same data.
+        index = np.floor(t + 0.5 + _TIE_EPSILON).astype(np.intp).clip(0, n + 1)
+        return np.take(padded, index, axis=axis)
     i0 = np.minimum(np.floor(t).astype(np.intp), n)
     fraction = (t - i0).astype(np.float32)
     shape = [1] * array.ndim
@@ -153,7 +161,7 @@ def resample_field(
     field = ndimage.affine_transform(
         source,
         kji_matrix[:3, :3],
-        offset=kji_matrix[:3, 3],
+        offset=kji_matrix[:3, 3] + (_TIE_EPSILON if nearest else 0.0),  # same tie rule as above
         output_shape=(counts[2], counts[1], counts[0]),
         order=0 if nearest else 1,
         mode="constant",
