@@ -83,8 +83,14 @@ def compute_variant(
     *,
     spacing_mm: float = 0.5,
     progress: ProgressCallback | None = None,
+    shared: dict | None = None,
 ) -> dict:
-    """Compute one variant; its results are recorded in `plan` and returned."""
+    """Compute one variant; its results are recorded in `plan` and returned.
+
+    `shared` caches what does not depend on the variant (territories, nephrometry) between the
+    variants of one computation; pass the same dict for every variant, or None.
+    """
+    shared = {} if shared is None else shared
     from .resection import ResectionPlanner, segment_ids_for_keys
     from .territories import clamp, territories_at_risk, territories_from_segmentation
 
@@ -125,9 +131,16 @@ def compute_variant(
         t = time.perf_counter()
         report(progress, 0.45, f"{variant.name}: vascular territories")
         branch_keys = [key for key in case.vessel_tree if _has_structure(segmentation_node, key)]
-        territories = territories_from_segmentation(
-            segmentation_node, volume_node, case.organ_key, branch_keys, progress=scaled(progress, 0.45, 0.7)
-        )
+        cache_key = ("territories", case.organ_key, tuple(branch_keys))
+        if cache_key not in shared:
+            shared[cache_key] = territories_from_segmentation(
+                segmentation_node,
+                volume_node,
+                case.organ_key,
+                branch_keys,
+                progress=scaled(progress, 0.45, 0.7),
+            )
+        territories = shared[cache_key]
         results["territories"] = territories.to_json()
         if resection_result is not None:
             # Veins can be cut too; the arterial tree decides what loses its supply.
@@ -145,10 +158,16 @@ def compute_variant(
         report(progress, 0.75, f"{variant.name}: nephrometry")
         from .nephrometry import renal_score_from_segmentation
 
-        score = renal_score_from_segmentation(
-            segmentation_node, volume_node, side=side, tumour_key=case.tumour_key, kidney_key=case.organ_key
-        )
-        results["nephrometry"] = score.to_json()
+        cache_key = ("nephrometry", case.organ_key, case.tumour_key)
+        if cache_key not in shared:
+            shared[cache_key] = renal_score_from_segmentation(
+                segmentation_node,
+                volume_node,
+                side=side,
+                tumour_key=case.tumour_key,
+                kidney_key=case.organ_key,
+            ).to_json()
+        results["nephrometry"] = shared[cache_key]
         timings["nephrometry"] = time.perf_counter() - t
     if case.organ_key == "liver" and resected is not None:
         from .territories import future_liver_remnant, structure_mask
@@ -168,6 +187,7 @@ def compute_plan(
 ) -> Plan:
     """Compute every variant, store the plan in the scene, and return it."""
     count = max(len(plan.variants), 1)
+    shared: dict = {}  # territories and nephrometry: the same for every variant
     for index, variant in enumerate(plan.variants):
         compute_variant(
             inputs,
@@ -175,6 +195,7 @@ def compute_plan(
             variant.name,
             spacing_mm=spacing_mm,
             progress=scaled(progress, index / count, (index + 1) / count),
+            shared=shared,
         )
     store_plan_in_scene(plan, inputs.segmentation_node.GetScene())
     return plan

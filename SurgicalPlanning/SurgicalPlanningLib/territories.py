@@ -39,7 +39,7 @@ import numpy as np
 import slicer
 import vtk
 from scipy import ndimage
-from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtk.util.numpy_support import vtk_to_numpy
 
 from . import terminology
 from .errors import InputDataError
@@ -50,6 +50,7 @@ from .segmentation.arrays import (
     grid_array_to_oriented_image,
     segment_ids,
     segment_mask,
+    vtk_image,
 )
 
 STRUCTURE_KEY_TAG = "SlicerVSP.StructureKey"
@@ -120,15 +121,6 @@ def _padded_crop(mask: GridArray, pad: int = 1) -> GridArray:
     ijk_to_ras = cropped.ijk_to_ras.copy()
     ijk_to_ras[:3, 3] = cropped.ras_of([-pad, -pad, -pad])
     return GridArray(array, ijk_to_ras)
-
-
-def _vtk_image(array: np.ndarray, spacing_mm: np.ndarray) -> vtk.vtkImageData:
-    image = vtk.vtkImageData()
-    k, j, i = array.shape
-    image.SetDimensions(i, j, k)
-    image.SetSpacing(*(float(s) for s in spacing_mm))
-    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
-    return image
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,10 +295,10 @@ def _grow_geodesic(seeds: np.ndarray, domain: np.ndarray, spacing_mm: np.ndarray
     """Multi-source geodesic nearest-seed labels inside `domain` (vtkImageGrowCutSegment)."""
     grow = slicer.vtkImageGrowCutSegment()
     # A constant intensity makes the intensity cost zero: the path cost is its length (mm).
-    grow.SetIntensityVolume(_vtk_image(np.zeros(seeds.shape, np.uint8), spacing_mm))
-    grow.SetSeedLabelVolume(_vtk_image(seeds, spacing_mm))
+    grow.SetIntensityVolume(vtk_image(np.zeros(seeds.shape, np.uint8), spacing_mm))
+    grow.SetSeedLabelVolume(vtk_image(seeds, spacing_mm))
     # The mask's non-zero voxels are excluded from the growth.
-    grow.SetMaskVolume(_vtk_image((~domain).astype(np.uint8), spacing_mm))
+    grow.SetMaskVolume(vtk_image((~domain).astype(np.uint8), spacing_mm))
     grow.SetDistancePenalty(1.0)
     grow.Update()
     output = grow.GetOutput()

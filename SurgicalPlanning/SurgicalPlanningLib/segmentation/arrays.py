@@ -90,6 +90,17 @@ def grid_array_to_oriented_image(grid: GridArray) -> slicer.vtkOrientedImageData
     return image
 
 
+def vtk_image(array: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> vtk.vtkImageData:
+    """A vtkImageData (origin 0, axis-aligned, the given spacing) holding a copy of a [k, j, i]
+    array: the input VTK/ITK filters take when geometry is handled outside them."""
+    image = vtk.vtkImageData()
+    k, j, i = array.shape
+    image.SetDimensions(i, j, k)
+    image.SetSpacing(*(float(s) for s in spacing_mm))
+    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    return image
+
+
 def reference_oriented_image(volume_node) -> slicer.vtkOrientedImageData:
     """An empty oriented image with the volume's grid (geometry only)."""
     image = slicer.vtkOrientedImageData()

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import slicer
-import vtk
-from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtk.util.numpy_support import vtk_to_numpy
 
 from ..errors import InputDataError
 from ..progress import ProgressCallback, report
+from .arrays import vtk_image
 from .editing import (
     Box,
     EditSession,
@@ -59,15 +59,6 @@ class GrowResult:
     ignored_points: list[str] = field(default_factory=list)
 
 
-def _image(array: np.ndarray, spacing) -> vtk.vtkImageData:
-    image = vtk.vtkImageData()
-    k, j, i = array.shape
-    image.SetDimensions(i, j, k)
-    image.SetSpacing(*(float(s) for s in spacing))
-    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
-    return image
-
-
 def run_growcut(
     intensity: np.ndarray,
     seeds: np.ndarray,
@@ -90,9 +81,9 @@ def run_growcut(
     interior = seeded & ~_dilate(~seeded)
     skip = interior if excluded is None else (excluded | interior)
     growcut = growcut or slicer.vtkImageGrowCutSegment()
-    growcut.SetIntensityVolume(_image(intensity, spacing_mm))
-    growcut.SetSeedLabelVolume(_image(seeds, spacing_mm))
-    growcut.SetMaskVolume(_image(skip.astype(np.uint8), spacing_mm))
+    growcut.SetIntensityVolume(vtk_image(intensity, spacing_mm))
+    growcut.SetSeedLabelVolume(vtk_image(seeds, spacing_mm))
+    growcut.SetMaskVolume(vtk_image(skip.astype(np.uint8), spacing_mm))
     growcut.SetDistancePenalty(float(distance_penalty))
     growcut.Update()
     output = growcut.GetOutput()

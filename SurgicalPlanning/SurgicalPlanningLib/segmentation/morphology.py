@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import slicer
 import vtk
-from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtk.util.numpy_support import vtk_to_numpy
 
 from ..errors import InputDataError
 from ..progress import ProgressCallback, report
+from .arrays import vtk_image
 from .editing import Box, EditSession, mask_in_box
 from .islands import label_islands
 
@@ -39,15 +40,6 @@ def kernel_voxels(kernel_mm: float, spacing_mm: Sequence[float]) -> tuple[int, i
     if kernel_mm <= 0:
         raise InputDataError(f"kernel_mm must be positive (got {kernel_mm}).", subject="smoothing")
     return tuple(max(1, int(round((kernel_mm / s + 1) / 2)) * 2 - 1) for s in spacing_mm)  # type: ignore[return-value]
-
-
-def _image(array: np.ndarray, spacing) -> vtk.vtkImageData:
-    image = vtk.vtkImageData()
-    k, j, i = array.shape
-    image.SetDimensions(i, j, k)
-    image.SetSpacing(*(float(s) for s in spacing))
-    image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
-    return image
 
 
 def _array(algorithm, shape) -> np.ndarray:
@@ -78,7 +70,7 @@ def distance_band(mask: np.ndarray, spacing_mm, inner_mm: float, outer_mm: float
     """Voxels whose signed distance (mm; 0 on the mask's outer layer of voxels, negative inside,
     positive outside, between voxel centres) lies in [inner_mm, outer_mm]."""
     margin = slicer.vtkITKImageMargin()
-    margin.SetInputData(_image(mask.astype(np.uint8), spacing_mm))
+    margin.SetInputData(vtk_image(mask.astype(np.uint8), spacing_mm))
     margin.CalculateMarginInMMOn()
     margin.SetBackgroundValue(0)
     margin.SetInnerMarginMM(float(inner_mm))
@@ -195,19 +187,19 @@ def smooth_mask(mask: np.ndarray, spacing_mm, method: str, kernel_mm: float) -> 
         if kernel_mm <= 0:
             raise InputDataError(f"kernel_mm must be positive (got {kernel_mm}).", subject="smoothing")
         gaussian = vtk.vtkImageGaussianSmooth()
-        gaussian.SetInputData(_image(values * np.uint8(255), spacing))
+        gaussian.SetInputData(vtk_image(values * np.uint8(255), spacing))
         gaussian.SetStandardDeviations(*(float(kernel_mm) / spacing))
         gaussian.SetRadiusFactors(3.0, 3.0, 3.0)
         return _array(gaussian, mask.shape) >= 128
     size = kernel_voxels(kernel_mm, spacing)
     if method == "median":
         median = vtk.vtkImageMedian3D()
-        median.SetInputData(_image(values, spacing))
+        median.SetInputData(vtk_image(values, spacing))
         median.SetKernelSize(*size)
         return _array(median, mask.shape) > 0
     if method in ("opening", "closing"):
         open_close = vtk.vtkImageOpenClose3D()
-        open_close.SetInputData(_image(values, spacing))
+        open_close.SetInputData(vtk_image(values, spacing))
         # Opening erodes the foreground (1) first; closing erodes the background (0) first.
         open_close.SetOpenValue(1 if method == "opening" else 0)
         open_close.SetCloseValue(0 if method == "opening" else 1)
@@ -290,7 +282,7 @@ def joint_smooth(
         befores.append(int(values.sum()))
     report(progress, 0.2, "joint smoothing: smoothing the surfaces")
     # In index space (spacing 1), as the mesh is cut back onto the same voxels.
-    image = _image(labels, (1.0, 1.0, 1.0))
+    image = vtk_image(labels, (1.0, 1.0, 1.0))
     contour = vtk.vtkDiscreteMarchingCubes()  # neighbouring labels share vertices: they move together
     contour.SetInputData(image)
     for index in range(len(ids)):
@@ -320,7 +312,7 @@ def joint_smooth(
         to_stencil.SetOutputSpacing(1.0, 1.0, 1.0)
         to_stencil.SetOutputOrigin(0.0, 0.0, 0.0)
         to_stencil.SetOutputWholeExtent(0, i - 1, 0, j - 1, 0, k - 1)
-        blank = _image(np.zeros(labels.shape, np.uint8), (1.0, 1.0, 1.0))
+        blank = vtk_image(np.zeros(labels.shape, np.uint8), (1.0, 1.0, 1.0))
         stencil = vtk.vtkImageStencil()
         stencil.SetInputData(blank)
         stencil.SetStencilConnection(to_stencil.GetOutputPort())
