@@ -142,3 +142,28 @@ def test_vsp_plan_computes_and_compares_the_variants(planned, tmp_path, capsys):
     )
     assert (out / "comparison.csv").read_text().splitlines()[0] == "metric,lower pole plane,enucleation 5 mm"
     assert (out / "Plan.mrb").is_file()
+
+
+def test_every_result_is_in_a_table_node_with_units_in_the_names(planned):
+    app, _, plan = planned
+    table = app.scene.GetFirstNode("Plan comparison", "vtkMRMLTableNode").GetTable()
+    assert table.GetNumberOfColumns() == 3  # metric + two variants
+    rows = {table.GetValue(r, 0).ToString(): r for r in range(table.GetNumberOfRows())}
+    territory = "territories.territories[segmental_artery_left_lower].volume_mL"
+    expected = next(
+        t["volume_mL"]
+        for t in results(plan, "lower pole plane")["territories"]["territories"]
+        if t["branch"] == "segmental_artery_left_lower"
+    )
+    assert float(table.GetValue(rows[territory], 1).ToString()) == pytest.approx(expected, rel=1e-3)
+    for name in (
+        "nephrometry.components.R.max_diameter_mm",
+        "resection.min_margin_mm",
+        "clamping.ischaemic_volume_mL",
+    ):
+        assert name in rows
+    assert "segmental_artery_left_lower" in table.GetValue(rows["at_risk.branches_at_risk"], 1).ToString()
+    # Recomputing refills the same table: one node, not two.
+    loaded = planned[1]
+    compute_plan(PlanningInputs(app, loaded.segmentation_node, loaded.volume_node), plan)
+    assert app.scene.GetNodesByName("Plan comparison").GetNumberOfItems() == 1

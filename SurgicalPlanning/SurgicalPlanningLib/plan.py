@@ -371,10 +371,24 @@ def load_plan_from_scene(scene) -> Plan:
 # --- comparison between variants --------------------------------------------------------------
 
 
+_ITEM_NAMES = ("branch", "structure_key", "name", "segment")
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    """Dotted paths to scalars; list items are named by their branch/key/name (else index),
+    and lists of plain values become one comma-separated cell."""
     if isinstance(value, dict):
         for key, item in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    elif isinstance(value, list):
+        if all(isinstance(item, int | float | str | bool) for item in value):
+            out[prefix] = ", ".join(str(item) for item in value)
+            return
+        for index, item in enumerate(value):
+            label = next(
+                (str(item[k]) for k in _ITEM_NAMES if isinstance(item, dict) and item.get(k)), str(index)
+            )
+            _flatten(f"{prefix}[{label}]", item, out)
     elif isinstance(value, int | float | str | bool) or value is None:
         out[prefix] = value
 
@@ -395,12 +409,16 @@ def comparison_rows(plan: Plan, metrics: list[str] | None = None) -> list[dict[s
 
 
 def comparison_table_node(plan: Plan, scene, metrics: list[str] | None = None, name: str = "Plan comparison"):
-    """The comparison as a `vtkMRMLTableNode` (text cells; the metric name carries its unit)."""
+    """The comparison as a `vtkMRMLTableNode` named `name` (reused when it exists): text cells,
+    one row per metric (its name carries the unit), one column per variant."""
     import vtk
 
     rows = comparison_rows(plan, metrics)
-    table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table_node = scene.GetFirstNode(name, "vtkMRMLTableNode")
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
     table = table_node.GetTable()
+    table.Initialize()  # the same node is refilled when the plan is recomputed
     for column in ["metric", *[v.name for v in plan.variants]]:
         array = vtk.vtkStringArray()
         array.SetName(column)

@@ -27,6 +27,7 @@ from .plan import (
     PlaneResection,
     PlanVariant,
     comparison_rows,
+    comparison_table_node,
     store_plan_in_scene,
 )
 from .progress import ProgressCallback, report, scaled
@@ -197,7 +198,9 @@ def compute_plan(
             progress=scaled(progress, index / count, (index + 1) / count),
             shared=shared,
         )
-    store_plan_in_scene(plan, inputs.segmentation_node.GetScene())
+    scene = inputs.segmentation_node.GetScene()
+    store_plan_in_scene(plan, scene)
+    comparison_table_node(plan, scene)  # every result of every variant, as a table
     return plan
 
 
