@@ -93,9 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # -q and --debug are accepted after the command too; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output"
+    )
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="full tracebacks")
 
     demo = commands.add_parser(
         "demo",
+        parents=[common],
         help="make the sample case, load it headless, save the scene and a summary",
         description=(
             "Generate the synthetic contrast-enhanced abdominal CT with known ground truth (tumour in "
@@ -116,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser(
         "info",
+        parents=[common],
         help="what a DICOM folder, volume, segmentation, model or scene holds",
         description="Describe PATH without changing it: DICOM series in a folder (no patient "
         "identifiers are printed), or the geometry of a volume/segmentation/model/markups file.",
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser(
         "import-dicom",
+        parents=[common],
         help="import a DICOM CT series and save it as a volume or a scene",
         description="Import one CT series from a DICOM folder with the suite's importer (geometry "
         "checked; gantry tilt resampled) and save it as a volume file (.nrrd, .nii.gz, .mha) or a "
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp_seg = commands.add_parser(
         "export-seg",
+        parents=[common],
         help="export a segmentation as DICOM SEG referencing its source CT series",
         description="Write the segments of a segmentation (.seg.nrrd, or the first segmentation of "
         "a .mrml/.mrb scene) as one DICOM Segmentation object that references the source CT series "
@@ -177,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp_seg = commands.add_parser(
         "import-seg",
+        parents=[common],
         help="import a DICOM SEG as a Slicer segmentation",
         description="Read a DICOM Segmentation (BINARY, FRACTIONAL or LABELMAP) into a segmentation "
         "with names, colours and terminology, on the reference CT's grid when given (a DICOM folder "
@@ -189,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = commands.add_parser(
         "segment",
+        parents=[common],
         help="run segmentation tools (threshold, grow from seeds, islands, margin, ...) as a recipe",
         description="Run segmentation steps on Slicer's engine, in order, and save the result. Steps "
         'come from a JSON recipe (--recipe, a list of {"tool": ..., parameters}) and/or --step '
@@ -206,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser(
         "stats",
+        parents=[common],
         help="segment statistics: volumes (mL), surface, diameters, centroids (RAS), HU",
         description="Measure every segment (or those named) on the CT's grid and print a table; "
         "--json writes every measure (units in the key names).",
@@ -218,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp_ = commands.add_parser(
         "compare",
+        parents=[common],
         help="compare two segmentations of one structure: Dice, Jaccard, volumes, surface distances",
         description="Compare a segment of A (e.g. the AI result) with a segment of B (e.g. the edited "
         "one) on A's grid: Dice, Jaccard, volume difference (mL, %%), mean, 95th-percentile and "
@@ -232,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser(
         "plan",
+        parents=[common],
         help="compute a surgical plan (all variants) on a case scene and compare the variants",
         description="Load a case scene (.mrb/.mrml with the CT and its segmentation), compute every "
         "variant of PLAN.json (resections, margins, cut vessels, territories at risk, clamping, "
