@@ -10,6 +10,7 @@ installs packages while starting up.
 """
 
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -47,6 +48,9 @@ SAMPLE_DATA_CATEGORY = "SlicerVSP"
 SAMPLE_DATA_NAME = "VSPKidneyPhantom"
 # Not downloadable: Sample Data's button calls the custom downloader instead (see registerSampleData).
 SAMPLE_DATA_URI = "slicervsp://sample-case/kidney-phantom"
+
+# The table node the Lib's compute_plan fills with every variant's results (plan.comparison_table_node).
+PLAN_COMPARISON_TABLE_NAME = "Plan comparison"
 
 
 #
@@ -267,6 +271,9 @@ class SurgicalPlanningParameterNode:
     dicomFolder - folder scanned for DICOM series.
     currentVolume - the volume loaded last.
     currentSegmentation - the segmentation loaded last (sample case only for now).
+    statisticsSegmentation, statisticsVolume - what "Segment statistics" measures (volume optional).
+    planFile - a plan file (plan.json) to compute.
+    planSegmentation, planVolume - what a loaded plan file is computed on.
     """
 
     sampleGridSize: Annotated[str, Choice(list(GRID_SIZES))] = DEFAULT_GRID_SIZE
@@ -275,6 +282,11 @@ class SurgicalPlanningParameterNode:
     dicomFolder: pathlib.Path
     currentVolume: vtkMRMLScalarVolumeNode
     currentSegmentation: vtkMRMLSegmentationNode
+    statisticsSegmentation: vtkMRMLSegmentationNode
+    statisticsVolume: vtkMRMLScalarVolumeNode
+    planFile: pathlib.Path
+    planSegmentation: vtkMRMLSegmentationNode
+    planVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -295,6 +307,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._scannedSeries = []  # SeriesInfo objects shown in the series table, in row order
         self._scannedFolder = None  # the folder they were found in
+        self._sampleCase = None  # (case folder, LoadedCase) of the sample case generated last
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -308,12 +321,17 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # "Compute sample plan" needs the sample case's nodes: follow their removal.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._updateButtonStates)
 
         self.ui.generateSampleCaseButton.connect("clicked(bool)", self.onGenerateSampleCase)
         self.ui.scanDicomFolderButton.connect("clicked(bool)", self.onScanDicomFolder)
         self.ui.loadSeriesButton.connect("clicked(bool)", self.onLoadSelectedSeries)
         self.ui.seriesTableWidget.connect("itemSelectionChanged()", self._updateButtonStates)
         self.ui.seriesTableWidget.connect("cellDoubleClicked(int,int)", self.onSeriesDoubleClicked)
+        self.ui.computeStatisticsButton.connect("clicked(bool)", self.onComputeStatistics)
+        self.ui.computeSamplePlanButton.connect("clicked(bool)", self.onComputeSamplePlan)
+        self.ui.computePlanButton.connect("clicked(bool)", self.onComputePlanFile)
 
         self.initializeParameterNode()
 
@@ -332,6 +350,9 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
         self._setScannedSeries([], None)
+        self._sampleCase = None
+        self.ui.statisticsTableView.setMRMLTableNode(None)
+        self.ui.planComparisonTableView.setMRMLTableNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -371,6 +392,44 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if canLoad
             else _("Scan a folder and select a series first.")
         )
+        canComputeStatistics = bool(parameterNode) and parameterNode.statisticsSegmentation is not None
+        self.ui.computeStatisticsButton.enabled = canComputeStatistics
+        self.ui.computeStatisticsButton.toolTip = (
+            _("Measure every segment (volume, surface, centroid, diameters, HU) into a table.")
+            if canComputeStatistics
+            else _("Choose a segmentation first.")
+        )
+        canComputeSamplePlan = self._sampleCaseInScene() is not None
+        self.ui.computeSamplePlanButton.enabled = canComputeSamplePlan
+        self.ui.computeSamplePlanButton.toolTip = (
+            _(
+                "Compute the sample case's plan (lower pole plane, 5 mm enucleation) and save it as plan.json in the case folder."
+            )
+            if canComputeSamplePlan
+            else _("Generate and load the sample case first.")
+        )
+        canComputePlan = (
+            bool(parameterNode)
+            and isPathSet(parameterNode.planFile)
+            and parameterNode.planSegmentation is not None
+            and parameterNode.planVolume is not None
+        )
+        self.ui.computePlanButton.enabled = canComputePlan
+        self.ui.computePlanButton.toolTip = (
+            _("Compute every variant of the plan file on the selected segmentation and volume.")
+            if canComputePlan
+            else _("Choose a plan file, a segmentation and a volume first.")
+        )
+
+    def _sampleCaseInScene(self):
+        """(case folder, LoadedCase) of the last generated sample case while its nodes are in the scene."""
+        if self._sampleCase is None:
+            return None
+        caseDir, loaded = self._sampleCase
+        for node in (loaded.volume_node, loaded.segmentation_node):
+            if node is None or not slicer.mrmlScene.IsNodePresent(node):
+                return None
+        return self._sampleCase
 
     def _showStatus(self, text) -> None:
         self.ui.statusTextEdit.setPlainText(text)
@@ -382,16 +441,70 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameterNode = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to create the sample case."), waitCursor=True):
             with progressDialog(_("Creating the sample case")) as progress:
-                loaded = self.logic.generateAndLoadSampleCase(
+                # generateAndLoadSampleCase in two steps: the plan section needs the case folder.
+                created = self.logic.createSampleCase(
                     parameterNode.sampleOutputDirectory,
                     gridSize=parameterNode.sampleGridSize,
                     seed=parameterNode.sampleSeed,
-                    progress=progress,
+                    progress=scaled(progress, 0.0, 0.7),
                 )
+                loaded = self.logic.loadSampleCase(created.case_dir, progress=scaled(progress, 0.7, 1.0))
+            self._sampleCase = (pathlib.Path(created.case_dir), loaded)
             parameterNode.currentVolume = loaded.volume_node
             parameterNode.currentSegmentation = loaded.segmentation_node
+            parameterNode.statisticsSegmentation = loaded.segmentation_node
+            parameterNode.statisticsVolume = loaded.volume_node
+            parameterNode.planSegmentation = loaded.segmentation_node
+            parameterNode.planVolume = loaded.volume_node
             showLoadedVolume(loaded.volume_node)
             self._showStatus(formatSummary(_("Sample case loaded."), loaded.summary, loaded.warnings))
+
+    # Segment statistics
+
+    def onComputeStatistics(self) -> None:
+        parameterNode = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the segment statistics."), waitCursor=True):
+            with progressDialog(_("Computing segment statistics")) as progress:
+                tableNode, rows = self.logic.computeStatistics(
+                    parameterNode.statisticsSegmentation, parameterNode.statisticsVolume, progress=progress
+                )
+            self.ui.statisticsTableView.setMRMLTableNode(tableNode)
+            warnings = [f"{row.name}: {warning}" for row in rows for warning in row.warnings]
+            summary = {_("Segments"): len(rows), _("Table"): tableNode.GetName()}
+            self._showStatus(formatSummary(_("Segment statistics computed."), summary, warnings))
+
+    # Plan
+
+    def onComputeSamplePlan(self) -> None:
+        sampleCase = self._sampleCaseInScene()
+        if sampleCase is None:
+            return
+        caseDir, loaded = sampleCase
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the sample plan."), waitCursor=True):
+            with progressDialog(_("Computing the sample plan")) as progress:
+                plan, planPath = self.logic.computeSamplePlan(
+                    caseDir, loaded.segmentation_node, loaded.volume_node, progress=progress
+                )
+            self._parameterNode.planFile = planPath
+            self._showPlan(plan, _("Sample plan computed and saved to {path}.").format(path=planPath))
+
+    def onComputePlanFile(self) -> None:
+        parameterNode = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the plan."), waitCursor=True):
+            with progressDialog(_("Computing the plan")) as progress:
+                plan = self.logic.computePlanFile(
+                    parameterNode.planFile,
+                    parameterNode.planSegmentation,
+                    parameterNode.planVolume,
+                    progress=progress,
+                )
+            self._showPlan(plan, _("Plan {path} computed.").format(path=parameterNode.planFile))
+
+    def _showPlan(self, plan, title) -> None:
+        self.ui.planComparisonTableView.setMRMLTableNode(self.logic.planComparisonTableNode())
+        self.ui.planCollapsibleButton.collapsed = False
+        summary = {_("Key metrics"): self.logic.keyComparison(plan)}
+        self._showStatus(formatSummary(title, summary))
 
     # DICOM import
 
@@ -593,6 +706,82 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
             get_application().scene, pathlib.Path(folder), series_uid=seriesUID, name=name, progress=progress
         )
 
+    @staticmethod
+    def _requireNodes(subject, segmentationNode, volumeNode=None, volumeRequired=True):
+        if segmentationNode is None:
+            raise VSPError(
+                _("No segmentation is selected."), subject=subject, fix=_("Choose a segmentation.")
+            )
+        if volumeRequired and volumeNode is None:
+            raise VSPError(
+                _("No volume is selected."), subject=subject, fix=_("Choose the source volume (CT).")
+            )
+
+    def computeStatistics(self, segmentationNode, volumeNode=None, progress=None):
+        """Statistics of every segment, measured on ``volumeNode``'s grid (HU values from it) when
+        given: (new table node "Segment statistics", list of the Lib's SegmentStatistics rows)."""
+        self._requireNodes(_("Segment statistics"), segmentationNode, volumeRequired=False)
+        ensurePythonRequirements()
+        from SurgicalPlanningLib.segmentation import statistics
+
+        rows = statistics.compute_segment_statistics(segmentationNode, volumeNode, progress=progress)
+        return statistics.to_table_node(slicer.mrmlScene, rows), rows
+
+    def computeSamplePlan(self, caseDir, segmentationNode, volumeNode, progress=None):
+        """The sample case's two-variant plan, computed on the case's nodes and saved as the case
+        folder's plan.json: (Lib Plan with the results, path of the plan file)."""
+        self._requireNodes(_("Sample plan"), segmentationNode, volumeNode)
+        ensurePythonRequirements()
+        from SurgicalPlanningLib import planning
+        from SurgicalPlanningLib.app import get_application
+        from SurgicalPlanningLib.plan import save_plan_file
+        from SurgicalPlanningLib.sample_case import CASE_FILE
+
+        caseDir = pathlib.Path(caseDir)
+        casePath = caseDir / CASE_FILE
+        if not casePath.is_file():
+            raise VSPError(
+                _("Not a sample case folder (no {file}).").format(file=CASE_FILE),
+                subject=str(caseDir),
+                fix=_("Generate the sample case first."),
+            )
+        caseFacts = json.loads(casePath.read_text(encoding="utf-8"))
+        plan = planning.sample_plan(caseFacts, volumeNode, case_id=f"VSP-PHANTOM-{caseFacts.get('seed', 0)}")
+        inputs = planning.PlanningInputs(get_application(), segmentationNode, volumeNode)
+        planning.compute_plan(inputs, plan, progress=scaled(progress, 0.0, 0.98))
+        planPath = save_plan_file(plan, caseDir)
+        report(progress, 1.0, _("Plan saved to {path}").format(path=planPath))
+        return plan, planPath
+
+    def computePlanFile(self, planPath, segmentationNode, volumeNode, progress=None):
+        """Compute every variant of a plan file (plan.json, or a folder holding one) on the given
+        nodes; returns the Lib Plan with the results (the file is not changed)."""
+        if not isPathSet(planPath):
+            raise VSPError(
+                _("No plan file is set."), subject=_("Plan"), fix=_("Choose a plan file (plan.json).")
+            )
+        self._requireNodes(_("Plan"), segmentationNode, volumeNode)
+        ensurePythonRequirements()
+        from SurgicalPlanningLib import planning
+        from SurgicalPlanningLib.app import get_application
+        from SurgicalPlanningLib.plan import load_plan_file
+
+        plan = load_plan_file(pathlib.Path(planPath))
+        inputs = planning.PlanningInputs(get_application(), segmentationNode, volumeNode)
+        return planning.compute_plan(inputs, plan, progress=progress)
+
+    @staticmethod
+    def planComparisonTableNode():
+        """The scene's "Plan comparison" table (filled by every plan computation), or None."""
+        return slicer.mrmlScene.GetFirstNode(PLAN_COMPARISON_TABLE_NAME, "vtkMRMLTableNode")
+
+    @staticmethod
+    def keyComparison(plan):
+        """The key metrics of the plan's variants side by side (rows of {metric, variant: value})."""
+        from SurgicalPlanningLib import planning
+
+        return planning.key_comparison(plan)
+
 
 #
 # SurgicalPlanningTest
@@ -619,6 +808,7 @@ class SurgicalPlanningTest(ScriptedLoadableModuleTest):
             self.test_SampleDataRegistration,
             self.test_SampleCaseAndDicomImport,
             self.test_SamplePhantomCache,
+            self.test_StatisticsAndSamplePlan,
             self.test_ErrorsNameTheInput,
         ):
             self.setUp()
@@ -712,6 +902,40 @@ class SurgicalPlanningTest(ScriptedLoadableModuleTest):
         logic.loadSamplePhantom(gridSize=self.SMALL, cacheDirectory=cache)
         self.assertTrue((caseDir / CASE_FILE).is_file())
         self.assertFalse((caseDir / "leftover.tmp").exists())
+
+    def test_StatisticsAndSamplePlan(self):
+        """Segment statistics and the sample plan of the small phantom, through the logic."""
+        self.delayDisplay("Creating the small sample case")
+        logic = SurgicalPlanningLogic()
+        created = logic.createSampleCase(self.tempDir, gridSize=self.SMALL, seed=0)
+        loaded = logic.loadSampleCase(created.case_dir)
+        segmentationNode, volumeNode = loaded.segmentation_node, loaded.volume_node
+
+        self.delayDisplay("Computing segment statistics")
+        tableNode, rows = logic.computeStatistics(segmentationNode, volumeNode)
+        self.assertEqual(tableNode.GetNumberOfRows(), len(rows))
+        byKey = {row.structure_key: row for row in rows}
+        tumour, spine = byKey["tumour"], byKey["spine"]
+        # The analytic 30 mm sphere is 14.14 mL; the small grid voxelises it coarsely.
+        self.assertAlmostEqual(tumour.volume_ml, 14.14, delta=0.1 * 14.14)
+        # RAS: the tumour is on the patient's LEFT, i.e. at a smaller R than the spine.
+        self.assertLess(tumour.centroid_ras_mm[0], spine.centroid_ras_mm[0])
+
+        self.delayDisplay("Computing the sample plan")
+        fractions = []
+        plan, planPath = logic.computeSamplePlan(
+            created.case_dir, segmentationNode, volumeNode, progress=lambda f, m: fractions.append(f)
+        )
+        self.assertTrue(fractions and all(0.0 <= f <= 1.0 for f in fractions) and fractions[-1] == 1.0)
+        self.assertTrue(pathlib.Path(planPath).is_file())
+        resection = plan.variant("lower pole plane").results["resection"]
+        cut = [vessel["structure_key"] for vessel in resection["cut_vessels"]]
+        self.assertIn("segmental_artery_left_lower", cut)
+        self.assertIs(resection["positive_margin"], False)
+        comparison = logic.planComparisonTableNode()
+        self.assertIsNotNone(comparison)
+        self.assertEqual(comparison.GetNumberOfColumns(), 3)  # metric + two variants
+        self.delayDisplay("Segment statistics and sample plan passed")
 
     def test_ErrorsNameTheInput(self):
         """User errors are VSPError: an unknown grid size, no output folder, an unknown series."""
