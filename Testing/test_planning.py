@@ -167,3 +167,15 @@ def test_every_result_is_in_a_table_node_with_units_in_the_names(planned):
     loaded = planned[1]
     compute_plan(PlanningInputs(app, loaded.segmentation_node, loaded.volume_node), plan)
     assert app.scene.GetNodesByName("Plan comparison").GetNumberOfItems() == 1
+
+
+def test_a_vessel_tree_branch_missing_from_the_segmentation_is_a_warning_not_silence(planned):
+    app, loaded, plan = planned
+    data = plan.to_dict()
+    data["case"]["vessel_tree"]["segmental_artery_left_accessory"] = "renal_artery_left"
+    extended = Plan.from_dict(data)
+    result = compute_variant(
+        PlanningInputs(app, loaded.segmentation_node, loaded.volume_node), extended, "lower pole plane"
+    )
+    assert any("segmental_artery_left_accessory" in w for w in result["warnings"])
+    assert any(w.startswith("resection: ") for w in result["warnings"])  # the engine's own warnings too

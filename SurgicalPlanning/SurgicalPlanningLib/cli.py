@@ -557,7 +557,7 @@ def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         cells = "".join(f"{_cell(row[name]):>24}" for name in names)
         print(f"{row['metric']:<46}{cells}")
     for variant in plan.variants:
-        for warning in variant.results.get("resection", {}).get("warnings", []):
+        for warning in variant.results.get("warnings", []):
             print(f"warning ({variant.name}): {warning}", file=sys.stderr)
     print(f"wrote {args.out / 'plan.json'}, comparison.json/.csv and Plan.mrb")
     return 0

@@ -101,7 +101,15 @@ def compute_variant(
         raise InputDataError("the plan names no organ.", subject="plan", fix="set case.organ_key.")
     segmentation_node, volume_node = inputs.segmentation_node, inputs.volume_node
     timings: dict[str, float] = {}
-    results: dict = {"variant": variant.name}
+    results: dict = {"variant": variant.name, "warnings": []}
+    absent = [key for key in case.vessel_tree if not _has_structure(segmentation_node, key)]
+    if absent:
+        # Not an error (a branch may be too small to segment), but never silent: the listed
+        # branches take over the territories of the missing ones.
+        results["warnings"].append(
+            f"vessel branch(es) of the plan's tree not in the segmentation: {', '.join(absent)}; "
+            "their territories are assigned to the branches that are segmented."
+        )
 
     start = time.perf_counter()
     if variant.resections:
@@ -176,6 +184,8 @@ def compute_variant(
         liver = structure_mask(segmentation_node, "liver", volume_node)
         results["future_liver_remnant"] = future_liver_remnant(liver, resected).to_json()
 
+    for part in ("resection", "territories"):
+        results["warnings"] += [f"{part}: {w}" for w in results.get(part, {}).get("warnings", [])]
     timings["total"] = time.perf_counter() - start
     results["timings_s"] = {key: round(value, 3) for key, value in timings.items()}
     plan.record_results(variant.name, results)
