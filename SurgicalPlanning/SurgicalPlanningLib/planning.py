@@ -151,12 +151,19 @@ def compute_variant(
             )
         territories = shared[cache_key]
         results["territories"] = territories.to_json()
+        spacing = [round(float(v), 4) for v in territories.labels.spacing_mm]
+        results["territories"]["grid_spacing_mm"] = spacing
         if resection_result is not None:
             # Veins can be cut too; the arterial tree decides what loses its supply.
             risk = territories_at_risk(
                 territories, resection_result.cut_branch_keys, case.vessel_tree, resected, strict=False
             )
-            results["at_risk"] = risk.to_json()
+            at_risk = risk.to_json()
+            # The remnant's volume is the resection's (0.5 mm grid); a second figure from the
+            # territories' CT grid would differ by voxelisation and only confuse.
+            at_risk.pop("remnant_volume_mL", None)
+            at_risk["grid_spacing_mm"] = spacing
+            results["at_risk"] = at_risk
         if variant.clamped_branches:
             results["clamping"] = clamp(territories, variant.clamped_branches, case.vessel_tree).to_json()
         timings["territories"] = time.perf_counter() - t
