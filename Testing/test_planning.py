@@ -179,3 +179,24 @@ def test_a_vessel_tree_branch_missing_from_the_segmentation_is_a_warning_not_sil
     )
     assert any("segmental_artery_left_accessory" in w for w in result["warnings"])
     assert any(w.startswith("resection: ") for w in result["warnings"])  # the engine's own warnings too
+
+
+def test_the_territories_are_shown_as_coded_segments_once(planned):
+    app, loaded, plan = planned
+
+    def territory_nodes():
+        nodes = app.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+        found = [nodes.GetItemAsObject(n) for n in range(nodes.GetNumberOfItems())]
+        return [node for node in found if node.GetAttribute("SlicerVSP.Role") == "territories"]
+
+    [node] = territory_nodes()
+    segmentation = node.GetSegmentation()
+    names = {segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())}
+    assert "Territory Segmental artery, left, lower" in names and len(names) == 5
+    import vtk
+
+    entry = vtk.reference("")
+    assert segmentation.GetNthSegment(0).GetTag("TerminologyEntry", entry)
+    assert "SCT^7771000^Left" in str(entry)  # coded as the LEFT kidney
+    compute_plan(PlanningInputs(app, loaded.segmentation_node, loaded.volume_node), plan)
+    assert len(territory_nodes()) == 1  # replaced, not doubled

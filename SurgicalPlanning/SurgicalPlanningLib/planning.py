@@ -216,9 +216,37 @@ def compute_plan(
             shared=shared,
         )
     scene = inputs.segmentation_node.GetScene()
+    _show_territories(inputs, plan, shared)
     store_plan_in_scene(plan, scene)
     comparison_table_node(plan, scene)  # every result of every variant, as a table
     return plan
+
+
+TERRITORIES_NODE_ROLE = "territories"
+
+
+def _show_territories(inputs: PlanningInputs, plan: Plan, shared: dict) -> None:
+    """The plan's vascular territories as segments (coloured from their branches, coded as the
+    organ) in one segmentation node, replaced when the plan is recomputed."""
+    from .territories import add_territory_segments
+
+    maps = [value for key, value in shared.items() if key[0] == "territories"]
+    if not maps:
+        return
+    scene = inputs.segmentation_node.GetScene()
+    node = add_territory_segments(
+        scene,
+        maps[0],
+        plan.case.organ_key,
+        reference_volume=inputs.volume_node,
+        source_segmentation=inputs.segmentation_node,
+    )
+    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    for index in range(nodes.GetNumberOfItems()):
+        old = nodes.GetItemAsObject(index)
+        if old is not node and old.GetAttribute("SlicerVSP.Role") == TERRITORIES_NODE_ROLE:
+            scene.RemoveNode(old)
+    node.SetAttribute("SlicerVSP.Role", TERRITORIES_NODE_ROLE)
 
 
 def key_comparison(plan: Plan) -> list[dict]:
