@@ -25,22 +25,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import emit, peak_rss_mib, stage_in_subprocess  # benchmarks/ is on sys.path when a script runs
+
 IMPORT_STAGES = ("import_ours", "load_ours", "import_sitk")
-
-
-def _peak_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB (macOS in bytes).
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _phantom(shape: tuple[int, int, int], seed: int):
@@ -71,11 +65,11 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
     if stage == "generate":
         import SurgicalPlanningLib.sample_data  # noqa: F401
 
-        baseline = _peak_rss_mib()
+        baseline = peak_rss_mib()
         start = time.perf_counter()
         phantom = _phantom(shape, args.seed)
         result["seconds"] = time.perf_counter() - start
-        result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         result["voxels"] = int(phantom.ct_hu.size)
     elif stage == "write":
         from SurgicalPlanningLib.sample_dicom import write_dicom_series
@@ -83,21 +77,21 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
         phantom = _phantom(shape, args.seed)
         if series_dir.exists():
             shutil.rmtree(series_dir)
-        baseline = _peak_rss_mib()
+        baseline = peak_rss_mib()
         start = time.perf_counter()
         files = write_dicom_series(phantom, series_dir, transfer_syntax=args.transfer_syntax)
         result["seconds"] = time.perf_counter() - start
-        result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         result["files"] = len(files)
         result["bytes"] = sum(Path(f).stat().st_size for f in files)
     elif stage == "import_ours":
         from SurgicalPlanningLib.dicom_series import read_series
 
-        baseline = _peak_rss_mib()
+        baseline = peak_rss_mib()
         start = time.perf_counter()
         volume = read_series(series_dir)
         result["seconds"] = time.perf_counter() - start
-        result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         result["volume"] = _describe_array(
             volume.array, volume.origin_lps, volume.spacing_mm, volume.direction_lps
         )
@@ -110,23 +104,23 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
         from SurgicalPlanningLib.dicom_series import load_series
 
         scene = slicer.vtkMRMLScene()
-        baseline = _peak_rss_mib()
+        baseline = peak_rss_mib()
         start = time.perf_counter()
         node, volume = load_series(scene, series_dir)
         result["seconds"] = time.perf_counter() - start
-        result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         result["dimensions"] = list(node.GetImageData().GetDimensions())
     elif stage == "import_sitk":
         import SimpleITK as sitk
 
-        baseline = _peak_rss_mib()
+        baseline = peak_rss_mib()
         start = time.perf_counter()
         names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series_dir))
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(names)
         image = reader.Execute()
         result["seconds"] = time.perf_counter() - start
-        result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         array = sitk.GetArrayViewFromImage(image)
         result["volume"] = _describe_array(array, image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     else:
@@ -137,29 +131,20 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
 
 
 def _in_subprocess(stage: str, args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable,
+    return stage_in_subprocess(
         __file__,
-        "--stage",
         stage,
-        "--workdir",
-        str(args.workdir),
-        "--shape",
-        *map(str, args.shape),
-        "--seed",
-        str(args.seed),
-        "--transfer-syntax",
-        args.transfer_syntax,
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"stage {stage} failed with exit code {done.returncode}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["process_wall_seconds"] = round(wall, 3)
-    return result
+        [
+            "--workdir",
+            str(args.workdir),
+            "--shape",
+            *map(str, args.shape),
+            "--seed",
+            str(args.seed),
+            "--transfer-syntax",
+            args.transfer_syntax,
+        ],
+    )
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -239,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "requirement_ratio_max": 1.5,
         "meets_requirement": ratio <= 1.5,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

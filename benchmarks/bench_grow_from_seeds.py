@@ -30,22 +30,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import emit, peak_rss_mib, stage_in_subprocess  # benchmarks/ is on sys.path when a script runs
+
 # Centre of the crop in LPS mm: the left kidney (74, 46, 14) shifted toward its lower-pole tumour.
 CROP_CENTRE_LPS = (79.0, 46.0, 10.0)
-
-
-def _peak_rss_mib() -> float:
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _label_values(key: str) -> list[int]:
@@ -174,11 +168,11 @@ def grow(args: argparse.Namespace) -> dict:
         background=["Background"],
         two_level=two_level,
     )
-    baseline = _peak_rss_mib()
+    baseline = peak_rss_mib()
     start = time.perf_counter()
     result = grower.run()
     seconds = time.perf_counter() - start
-    peak = _peak_rss_mib()
+    peak = peak_rss_mib()
     kidney = session.mask("Kidney", grid.box).array
     tumour = session.mask("Tumour", grid.box).array
 
@@ -201,26 +195,21 @@ def grow(args: argparse.Namespace) -> dict:
 
 
 def _in_subprocess(stage: str, args: argparse.Namespace, *extra: str) -> dict:
-    command = [
-        sys.executable,
+    return stage_in_subprocess(
         __file__,
-        "--stage",
         stage,
-        "--workdir",
-        str(args.workdir),
-        "--shape",
-        *map(str, args.shape),
-        "--crop",
-        *map(str, args.crop),
-        "--seed",
-        str(args.seed),
-        *extra,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"stage {stage} failed with exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        [
+            "--workdir",
+            str(args.workdir),
+            "--shape",
+            *map(str, args.shape),
+            "--crop",
+            *map(str, args.crop),
+            "--seed",
+            str(args.seed),
+            *extra,
+        ],
+    )
 
 
 def _agreement(workdir: Path) -> dict:
@@ -294,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own_workdir:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

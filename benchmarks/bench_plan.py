@@ -9,13 +9,13 @@ Prints JSON; the case is generated and loaded first (not timed).
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import emit, peak_rss_mib  # benchmarks/ is on sys.path when a script runs
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
         app = VSPApplication.create_headless()
         loaded = load_sample_case(app, case.case_dir)
         setup_s = time.perf_counter() - start
-        baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        baseline_mib = peak_rss_mib()
         inputs = PlanningInputs(app, loaded.segmentation_node, loaded.volume_node)
         times, parts = [], []
         for _ in range(args.repeat):
@@ -55,14 +55,10 @@ def main() -> int:
         },
         "stage_timings_s_last_run": parts[-1],
         "target_s": 5.0,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "rss_before_planning_mib": round(baseline_mib, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit(result, args.out)
     return 0
 
 

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,15 +39,12 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from _common import emit, peak_rss_mib  # benchmarks/ is on sys.path when a script runs
+
 LEFT_KIDNEY = ["kidney_left_cortex", "kidney_left_medulla", "renal_pelvis_left", "calyx_left"]
 LEFT_ARTERIES = ["renal_artery_left"] + [
     f"segmental_artery_left_{s}" for s in ("apical", "upper", "middle", "lower", "posterior")
 ]
-
-
-def _peak_rss_mib() -> float:
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _make_case(case_dir: Path, shape: tuple[int, int, int], seed: int) -> None:
@@ -93,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - start
     segmentation = case.segmentation_node
     facts = json.loads((case_dir / "case.json").read_text())["ground_truth"]
-    rss_before = _peak_rss_mib()
+    rss_before = peak_rss_mib()
 
     organ = segment_ids_for_keys(segmentation, LEFT_KIDNEY)
     tumour = segment_ids_for_keys(segmentation, ["tumour"])[0]
@@ -216,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "memory": {
             "peak_rss_mib_before_planner": round(rss_before, 1),
-            "peak_rss_mib_end": round(_peak_rss_mib(), 1),
+            "peak_rss_mib_end": round(peak_rss_mib(), 1),
             "tracemalloc_peak_mib_planner": round(traced_peak / 2**20, 1),
         },
     }
@@ -243,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -26,14 +26,14 @@ JSON goes to stdout and, with ``--out``, to a file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _common import emit, peak_rss_mib  # benchmarks/ is on sys.path when a script runs
 
 PLANNING_15 = (
     "tumour",
@@ -53,12 +53,6 @@ PLANNING_15 = (
     "spleen",
 )
 TARGET_SECONDS = 2.0
-
-
-def _peak_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB (macOS in bytes).
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _rss_mib() -> float | None:
@@ -157,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs_seconds": [round(t, 3) for t in runs],
             "rss_before_mib": round(rss_before, 1) if rss_before is not None else None,
             "rss_after_mib": round(_rss_mib() or 0.0, 1) or None,
-            "peak_rss_mib": round(_peak_rss_mib(), 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
             "keys": [row.structure_key for row in rows] if name != "all" else None,
             "tumour": (
                 {
@@ -185,13 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         "sets": results,
         "target_seconds": TARGET_SECONDS,
         "planning_15_meets_target": results["planning_15"]["median_seconds"] <= TARGET_SECONDS,
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     del app
     return 0
 

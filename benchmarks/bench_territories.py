@@ -28,27 +28,21 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
+from _common import emit, peak_rss_mib, stage_in_subprocess  # benchmarks/ is on sys.path when a script runs
+
 TIMED_STAGES = ("territories", "territories_euclidean", "segmentation", "nephrometry")
 TARGET_SECONDS = 2.0
 SIDE = "left"
 BRANCHES = [f"segmental_artery_{SIDE}_{s}" for s in ("apical", "upper", "middle", "lower", "posterior")]
 OTHER_MASKS = ("kidney_left", "tumour", "collecting_system_left", "renal_artery_left", "renal_vein_left")
-
-
-def _peak_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB (macOS in bytes).
-    scale = 1 / 1024 if sys.platform != "darwin" else 1 / (1024 * 1024)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _masks_file(args: argparse.Namespace) -> Path:
@@ -122,7 +116,7 @@ def _accuracy(result, truth: dict, kidney) -> dict:
 
 def _timed(function):
     """Run function once; seconds, peak RSS and the peak of numpy/Python allocations."""
-    baseline = _peak_rss_mib()
+    baseline = peak_rss_mib()
     tracemalloc.start()
     start = time.perf_counter()
     value = function()
@@ -132,7 +126,7 @@ def _timed(function):
     return value, {
         "seconds": round(seconds, 4),
         "baseline_rss_mib": round(baseline, 1),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
         "peak_traced_mib": round(traced_peak / 2**20, 1),
     }
 
@@ -142,7 +136,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
     result: dict = {"stage": stage}
     if stage == "prepare":
         result.update(_prepare(args))
-        result["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         return result
     # Imports and input loading happen before the clock starts: stages measure the work.
     import slicer  # noqa: F401
@@ -206,27 +200,11 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
 
 
 def _in_subprocess(stage: str, args: argparse.Namespace) -> dict:
-    command = [
-        sys.executable,
+    return stage_in_subprocess(
         __file__,
-        "--stage",
         stage,
-        "--workdir",
-        str(args.workdir),
-        "--shape",
-        *map(str, args.shape),
-        "--seed",
-        str(args.seed),
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        raise SystemExit(f"stage {stage} failed with exit code {done.returncode}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["process_wall_seconds"] = round(wall, 3)
-    return result
+        ["--workdir", str(args.workdir), "--shape", *map(str, args.shape), "--seed", str(args.seed)],
+    )
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -298,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_seconds": TARGET_SECONDS,
         "meets_target": seconds <= TARGET_SECONDS,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 
