@@ -35,7 +35,7 @@ class CasePortalConnector(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Case Portal Connector")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Surgical Planning")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["VSPCore"]
         self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
         self.parent.helpText = _("""
 Connects Slicer to the hospital's image store (DICOMweb) and GPU segmentation service. This version

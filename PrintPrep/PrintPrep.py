@@ -33,7 +33,7 @@ class PrintPrep(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Print Prep")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Surgical Planning")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["VSPCore"]
         self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
         self.parent.helpText = _("""
 Prepare segments for the 3D-printing lab: printable models that stay faithful to the segmentation,

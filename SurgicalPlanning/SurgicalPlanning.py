@@ -33,8 +33,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SurgicalPlanningLib.errors import VSPError
-from SurgicalPlanningLib.progress import report, scaled
+from VSPCore import ensurePythonRequirements
+from VSPCoreLib.errors import VSPError
+from VSPCoreLib.progress import report, scaled
 
 # Phantom grid sizes offered in the panel: label -> shape (columns, rows, slices).
 GRID_SIZES = {
@@ -67,7 +68,7 @@ class SurgicalPlanning(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Surgical Planning")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Surgical Planning")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["VSPCore"]
         self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
         self.parent.helpText = _("""
 Virtual surgical planning: load a case (DICOM folder or the synthetic sample case), segment it,
@@ -141,51 +142,6 @@ def registerSampleData():
 #
 # Requirements and GUI helpers
 #
-
-
-def ensurePythonRequirements():
-    """Make sure the Python packages the Lib needs are installed (on first use, never at start-up).
-
-    Slicer 5.11+ has ``slicer.packaging.pip_ensure`` (asks the user, installs, offers a restart).
-    On Slicer 5.10 the requirements are only checked and a missing one is reported with its fix.
-    """
-    requirementsPath = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
-    try:
-        import slicer.packaging as slicerPackaging
-    except ImportError:
-        slicerPackaging = None
-    if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
-        slicerPackaging.pip_ensure(slicerPackaging.load_requirements(requirementsPath), requester="SlicerVSP")
-        return
-
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    unmet = []
-    with open(requirementsPath, encoding="utf-8") as requirementsFile:
-        for line in requirementsFile:
-            line = line.split("#", 1)[0].strip()
-            if not line or line.startswith("-"):
-                continue
-            requirement = Requirement(line)
-            try:
-                installed = metadata.version(requirement.name)
-            except metadata.PackageNotFoundError:
-                unmet.append(str(requirement))
-                continue
-            if not requirement.specifier.contains(installed, prereleases=True):
-                unmet.append(str(requirement))
-    if unmet:
-        raise VSPError(
-            _("Python packages needed by SlicerVSP are missing or too old: {packages}.").format(
-                packages=", ".join(unmet)
-            ),
-            subject="Slicer's Python environment",
-            fix=_(
-                "Run slicer.util.pip_install({argument}) in the Python console, then restart Slicer."
-            ).format(argument=repr(" ".join(unmet))),
-        )
 
 
 @contextlib.contextmanager
@@ -657,7 +613,7 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
         """
         ensurePythonRequirements()
         from SurgicalPlanningLib import sample_case
-        from SurgicalPlanningLib.app import get_application
+        from VSPCoreLib.app import get_application
 
         return sample_case.load_sample_case(get_application(), pathlib.Path(caseDirectory), progress=progress)
 
@@ -692,15 +648,15 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
     def scanDicomFolder(self, folder, progress=None):
         """The image series in ``folder`` (a list of SeriesInfo)."""
         ensurePythonRequirements()
-        from SurgicalPlanningLib import dicom_series
+        from VSPCoreLib import dicom as dicom_series
 
         return dicom_series.scan_folder(pathlib.Path(folder), progress=progress)
 
     def loadDicomSeries(self, folder, seriesUID, name=None, progress=None):
         """Load one series of ``folder`` into the scene: (volume node, DicomVolume with .warnings)."""
         ensurePythonRequirements()
-        from SurgicalPlanningLib import dicom_series
-        from SurgicalPlanningLib.app import get_application
+        from VSPCoreLib import dicom as dicom_series
+        from VSPCoreLib.app import get_application
 
         return dicom_series.load_series(
             get_application().scene, pathlib.Path(folder), series_uid=seriesUID, name=name, progress=progress
@@ -733,9 +689,9 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
         self._requireNodes(_("Sample plan"), segmentationNode, volumeNode)
         ensurePythonRequirements()
         from SurgicalPlanningLib import planning
-        from SurgicalPlanningLib.app import get_application
         from SurgicalPlanningLib.plan import save_plan_file
         from SurgicalPlanningLib.sample_case import CASE_FILE
+        from VSPCoreLib.app import get_application
 
         caseDir = pathlib.Path(caseDir)
         casePath = caseDir / CASE_FILE
@@ -763,8 +719,8 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
         self._requireNodes(_("Plan"), segmentationNode, volumeNode)
         ensurePythonRequirements()
         from SurgicalPlanningLib import planning
-        from SurgicalPlanningLib.app import get_application
         from SurgicalPlanningLib.plan import load_plan_file
+        from VSPCoreLib.app import get_application
 
         plan = load_plan_file(pathlib.Path(planPath))
         inputs = planning.PlanningInputs(get_application(), segmentationNode, volumeNode)

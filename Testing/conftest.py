@@ -13,7 +13,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture
 def app():
     """A new headless application with its own MRML scene."""
-    from SurgicalPlanningLib.app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
 
     return VSPApplication.create_headless()
 

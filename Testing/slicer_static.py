@@ -14,9 +14,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The scripted modules, each with its Lib package (the folder name + "Lib").
+#: The scripted modules with a panel, each with its Lib package (the folder name + "Lib").
 MODULES = ("SurgicalPlanning", "PrintPrep", "CasePortalConnector")
-LIB_PACKAGES = {f"{module}Lib": REPO / module / f"{module}Lib" for module in MODULES}
+#: The hidden library module: no panel, the foundation every Lib imports (DESIGN.md, rule 2).
+CORE_MODULE = "VSPCore"
+ALL_MODULES = (CORE_MODULE, *MODULES)
+CORE_LIB = f"{CORE_MODULE}Lib"
+LIB_PACKAGES = {f"{module}Lib": REPO / module / f"{module}Lib" for module in ALL_MODULES}
 
 EXTENSION_KEYS = (
     "EXTENSION_HOMEPAGE",

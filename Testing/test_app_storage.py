@@ -12,8 +12,8 @@ import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray, vtkMatrixFromArray
 
-from SurgicalPlanningLib import storage
-from SurgicalPlanningLib.errors import InputDataError, VSPError
+from VSPCoreLib import storage
+from VSPCoreLib.errors import InputDataError, VSPError
 
 # An oblique, non-isotropic IJK→RAS: rotated 20° about S and 10° about R, spacing 0.8/0.9/2.5 mm.
 _a, _b = np.radians(20), np.radians(10)
@@ -117,7 +117,7 @@ def test_headless_application_builds_what_slicer_core_builds(app):
 
 
 def test_two_applications_have_independent_scenes():
-    from SurgicalPlanningLib.app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
 
     first, second = VSPApplication.create_headless(), VSPApplication.create_headless()
     first.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "only-here")
@@ -293,7 +293,7 @@ def _populate(app):
 
 @pytest.mark.parametrize("suffix", [".mrml", ".mrb"])
 def test_scene_round_trip_keeps_every_node_geometry_and_terminology(tmp_path, suffix):
-    from SurgicalPlanningLib.app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
 
     first = VSPApplication.create_headless()
     volume = _populate(first)
@@ -330,7 +330,7 @@ def test_scene_with_a_missing_data_file_is_an_error(app, tmp_path):
     _populate(app)
     path = storage.save_scene(app, tmp_path / "scene.mrml")
     (tmp_path / "Data" / "ct.nrrd").unlink()
-    from SurgicalPlanningLib.app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
 
     with pytest.raises(InputDataError, match="scene.mrml"):
         storage.load_scene(VSPApplication.create_headless(), path)

@@ -27,17 +27,17 @@ from CasePortalConnectorLib.dicom_objects.seg import (
     SEG_STORAGE,
 )
 from CasePortalConnectorLib.errors import ConnectorError, DicomObjectError
-from SurgicalPlanningLib import storage
-from SurgicalPlanningLib.app import VSPApplication
-from SurgicalPlanningLib.dicom_series import load_series
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
-from SurgicalPlanningLib.segmentation.arrays import (
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.arrays import (
     GridArray,
     grid_array_to_oriented_image,
     segment_mask,
     volume_ijk_to_ras,
 )
-from SurgicalPlanningLib.terminology import TERMINOLOGY_CONTEXT, parse_terminology_entry
+from VSPCoreLib.dicom import load_series
+from VSPCoreLib.terminology import TERMINOLOGY_CONTEXT, parse_terminology_entry
 
 LIVER_VOXELS = 107_098
 #: A few structures of the sample case, chosen to include the tumour, the spine and laterality.

@@ -27,8 +27,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from SurgicalPlanningLib import dicom_series as dsr
-from SurgicalPlanningLib.errors import InputDataError
+from VSPCoreLib.dicom import series as dsr
+from VSPCoreLib.errors import InputDataError
 
 REPO = Path(__file__).resolve().parents[1]
 CT3 = REPO.parent / "shared" / "data" / "dcmqi" / "ct-3slice"
@@ -763,13 +763,13 @@ PHANTOM_SHAPE = (96, 96, 40)
 
 @pytest.fixture(scope="module")
 def phantom():
-    from SurgicalPlanningLib.sample_data import generate_phantom
+    from VSPCoreLib.sampledata.phantom import generate_phantom
 
     return generate_phantom(PHANTOM_SHAPE, seed=0)
 
 
 def write_phantom(phantom, folder: Path, **options) -> list[Path]:
-    from SurgicalPlanningLib.sample_dicom import write_dicom_series
+    from VSPCoreLib.sampledata.dicom_writer import write_dicom_series
 
     return write_dicom_series(phantom, folder, **options)
 
@@ -804,7 +804,7 @@ def centroid_ijk(mask: np.ndarray) -> np.ndarray:
     ],
 )
 def test_phantom_variants_match_simpleitk_and_the_truth(phantom, tmp_path, options):
-    from SurgicalPlanningLib.sample_dicom import series_geometry
+    from VSPCoreLib.sampledata.dicom_writer import series_geometry
 
     write_phantom(phantom, tmp_path, **options)
     volume = dsr.read_series(tmp_path)
@@ -854,7 +854,7 @@ def test_phantom_tumour_is_on_the_patients_left_of_the_spine(phantom, tmp_path):
 def test_phantom_gantry_tilt_puts_the_tumour_where_it_was_scanned(phantom, tmp_path, tilt_deg):
     import dataclasses
 
-    from SurgicalPlanningLib.sample_dicom import series_geometry
+    from VSPCoreLib.sampledata.dicom_writer import series_geometry
 
     # The tumour as the only bright object, so that its centroid can be found after import.
     tumour = phantom.mask("tumour")

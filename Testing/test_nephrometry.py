@@ -15,10 +15,10 @@ import pytest
 import slicer
 
 from SurgicalPlanningLib import nephrometry as neph
-from SurgicalPlanningLib import sample_data
-from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.sample_case import labelmap_to_segmentation
-from SurgicalPlanningLib.segmentation.arrays import GridArray
+from VSPCoreLib.arrays import GridArray
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.sampledata import phantom as sample_data
 
 # --------------------------------------------------------------------------------------------
 # The synthetic kidney
@@ -309,8 +309,8 @@ def test_phantom_tumour(diameter_mm):
 @pytest.fixture(scope="module")
 def phantom_segmentation():
     """The phantom's label map as a segmentation with tagged segments (no DICOM round trip)."""
-    from SurgicalPlanningLib.app import VSPApplication
-    from SurgicalPlanningLib.segmentation.arrays import array_to_vtk_matrix
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.arrays import array_to_vtk_matrix
 
     phantom = sample_data.generate_phantom((192, 192, 112), seed=4)
     app = VSPApplication.create_headless()

@@ -7,8 +7,6 @@ import json
 import jsonschema
 import pytest
 
-from SurgicalPlanningLib import storage
-from SurgicalPlanningLib.app import VSPApplication
 from SurgicalPlanningLib.plan import (
     SCHEMA_FILE,
     CaseReference,
@@ -25,6 +23,8 @@ from SurgicalPlanningLib.plan import (
     save_plan_file,
     store_plan_in_scene,
 )
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
 
 
 def make_plan() -> Plan:

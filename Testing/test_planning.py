@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from SurgicalPlanningLib import storage
-from SurgicalPlanningLib.app import VSPApplication
 from SurgicalPlanningLib.cli import main
-from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.plan import Plan, PlaneResection, PlanVariant, load_plan_from_scene, save_plan_file
 from SurgicalPlanningLib.planning import PlanningInputs, compute_plan, compute_variant, sample_plan
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
-from SurgicalPlanningLib.segmentation.arrays import segment_mask
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.arrays import segment_mask
+from VSPCoreLib.errors import InputDataError
 
 
 @pytest.fixture(scope="module")

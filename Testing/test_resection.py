@@ -18,9 +18,6 @@ import slicer
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from SurgicalPlanningLib import storage
-from SurgicalPlanningLib.app import VSPApplication
-from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.plan import CaseReference, Plan, PlanVariant
 from SurgicalPlanningLib.resection import (
     DeformableSurface,
@@ -31,8 +28,11 @@ from SurgicalPlanningLib.resection import (
 from SurgicalPlanningLib.resection.geometry import MeshDistance
 from SurgicalPlanningLib.resection.measures import DISTANCE_ARRAY
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
-from SurgicalPlanningLib.sample_data import generate_phantom
-from SurgicalPlanningLib.segmentation.arrays import segment_mask
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.arrays import segment_mask
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.sampledata.phantom import generate_phantom
 
 # 1.4 × 1.4 × 2 mm: fine enough for vessel diameters (about 3 mm) to mean something.
 SHAPE = (256, 256, 150)

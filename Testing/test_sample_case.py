@@ -12,11 +12,11 @@ import slicer
 import vtk
 from slicer.util import arrayFromVolume
 
-from SurgicalPlanningLib import storage
-from SurgicalPlanningLib.app import VSPApplication
 from SurgicalPlanningLib.cli import main
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
 from SurgicalPlanningLib.segmentation.statistics import compute_segment_statistics, to_json
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
 
 SHAPE = (128, 128, 75)  # the "small" grid: the same anatomy at 2.8 × 2.8 × 4 mm
 
@@ -401,7 +401,7 @@ def test_vsp_segment_recipe_builds_the_left_kidney_from_nothing(case, tmp_path, 
     island, fill holes; against the ground truth's left cortex + medulla."""
     import SimpleITK as sitk
 
-    from SurgicalPlanningLib.segmentation.arrays import segment_mask
+    from VSPCoreLib.arrays import segment_mask
 
     recipe = tmp_path / "kidney.json"
     recipe.write_text(

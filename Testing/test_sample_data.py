@@ -13,9 +13,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from SurgicalPlanningLib import sample_data, sample_dicom, terminology
-from SurgicalPlanningLib.errors import InputDataError
-from SurgicalPlanningLib.terminology import LEFT, RIGHT, Code
+from VSPCoreLib import terminology
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.sampledata import dicom_writer as sample_dicom
+from VSPCoreLib.sampledata import phantom as sample_data
+from VSPCoreLib.terminology import LEFT, RIGHT, Code
 
 SMALL = (128, 128, 75)  # the standard field of view at 2.8 x 2.8 x 4 mm
 TINY = (64, 64, 40)  # for the DICOM writers: 5.6 x 5.6 x 7.5 mm

@@ -14,11 +14,7 @@ from scipy import ndimage
 from slicer.util import updateVolumeFromArray
 from vtk.util.numpy_support import numpy_to_vtk
 
-from SurgicalPlanningLib.app import VSPApplication
-from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.sample_case import create_sample_case, labelmap_to_segmentation, load_sample_case
-from SurgicalPlanningLib.sample_data import generate_phantom
-from SurgicalPlanningLib.segmentation.arrays import GridArray, array_to_vtk_matrix, segment_ids
 from SurgicalPlanningLib.segmentation.compare import compare_masks, compare_segments
 from SurgicalPlanningLib.segmentation.statistics import (
     compute_segment_statistics,
@@ -28,6 +24,10 @@ from SurgicalPlanningLib.segmentation.statistics import (
     to_json,
     to_table_node,
 )
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix, segment_ids
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.sampledata.phantom import generate_phantom
 
 # The full case's voxel size (0.7 x 0.7 x 1.0 mm) on a field of view around the left kidney,
 # its tumour and the great vessels: 231 x 175 x 170 mm.

@@ -14,13 +14,13 @@ import slicer
 import vtk
 from scipy import ndimage
 
-from SurgicalPlanningLib import storage, terminology
-from SurgicalPlanningLib.app import VSPApplication
-from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
-from SurgicalPlanningLib.sample_data import AORTA, LABELS
 from SurgicalPlanningLib.segmentation import editing, grow, islands, logical, morphology, threshold, vessels
-from SurgicalPlanningLib.segmentation.arrays import array_to_vtk_matrix, volume_ijk_to_ras
+from VSPCoreLib import storage, terminology
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.arrays import array_to_vtk_matrix, volume_ijk_to_ras
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.sampledata.phantom import AORTA, LABELS
 
 # The "medium" grid: the standard field of view at 1.4 x 1.4 x 2 mm.
 SHAPE = (256, 256, 150)

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from slicer_static import (
+    ALL_MODULES,
+    CORE_LIB,
+    CORE_MODULE,
     EXTENSION_KEYS,
     LIB_PACKAGES,
     MODULES,
@@ -56,7 +59,7 @@ def _ui(module: str):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", ALL_MODULES)
 def test_python_files_compile(module):
     files = module_python_files(module)
     assert f"{module}.py" in files, f"{module}/{module}.py is missing"
@@ -170,7 +173,7 @@ def test_ui_parameters_bind_to_parameter_node_fields(module):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("module", ALL_MODULES)
 def test_module_cmakelists_lists_every_file(module):
     code = cmake_code(REPO / module / "CMakeLists.txt")
     assert cmake_set(code, "MODULE_NAME") == [module]
@@ -190,6 +193,11 @@ def test_module_cmakelists_lists_every_file(module):
     assert not unlisted, f"{module}/CMakeLists.txt MODULE_PYTHON_SCRIPTS misses (not installed): {unlisted}"
     unlisted = sorted(set(module_resource_files(module)) - set(resources))
     assert not unlisted, f"{module}/CMakeLists.txt MODULE_PYTHON_RESOURCES misses (not installed): {unlisted}"
+    if module == CORE_MODULE:
+        # The library module has no panel, no icon and no self-test of its own: the other
+        # modules' self-tests exercise it.
+        assert cmake_calls(code, "slicerMacroBuildScriptedModule")
+        return
     assert f"Resources/Icons/{module}.png" in resources
     assert f"Resources/UI/{module}.ui" in resources
 
@@ -239,13 +247,17 @@ def test_extension_cmakelists():
     assert order == sorted(order), "Slicer extension boilerplate out of order"
 
     subdirectories = cmake_calls(code, "add_subdirectory")
-    assert sorted(subdirectories) == sorted(MODULES)
+    assert sorted(subdirectories) == sorted(ALL_MODULES)
+    # The library module comes first: Slicer loads modules in dependency order, CMake in this one.
+    assert subdirectories[0] == CORE_MODULE
     module_dirs = sorted(
         p.parent.name
         for p in REPO.glob("*/CMakeLists.txt")
         if "slicerMacroBuildScriptedModule" in cmake_code(p)
     )
-    assert module_dirs == sorted(MODULES), f"scripted module folders {module_dirs} != {sorted(MODULES)}"
+    assert module_dirs == sorted(ALL_MODULES), (
+        f"scripted module folders {module_dirs} != {sorted(ALL_MODULES)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,23 +401,76 @@ def test_lib_dependencies_point_one_way():
             imports = imported_top_levels(parse_python(path))
             relative = path.relative_to(REPO)
             # No Lib imports a Slicer module file (those import Qt).
-            for name in sorted(imports & set(MODULES)):
+            for name in sorted(imports & set(ALL_MODULES)):
                 problems.append(f"{relative}: imports the Slicer module file {name}")
-            if package != "SurgicalPlanningLib" and "SurgicalPlanningLib" in imports:
+            if package == CORE_LIB:
+                others = sorted(imports & (set(LIB_PACKAGES) - {CORE_LIB}))
+                if others:
+                    problems.append(
+                        f"{relative}: {CORE_LIB} is the foundation and imports no other Lib ({others})"
+                    )
+            if package not in ("SurgicalPlanningLib", CORE_LIB) and "SurgicalPlanningLib" in imports:
                 problems.append(f"{relative}: {package} must not import SurgicalPlanningLib")
             if package == "SurgicalPlanningLib":
-                others = sorted(imports & (set(LIB_PACKAGES) - {package}))
+                others = sorted(imports & (set(LIB_PACKAGES) - {package, CORE_LIB}))
                 room = path.relative_to(LIB_PACKAGES[package]).parts[0].removesuffix(".py")
                 if others and room not in CROSS_LIB_ROOMS:
                     problems.append(f"{relative}: only {CROSS_LIB_ROOMS} may import {others}")
     assert not problems, "\n".join(problems)
 
 
+def test_module_files_depend_on_the_core_module():
+    """Slicer loads VSPCore (and so installs VSPCoreLib) before every module that lists it."""
+    for module in MODULES:
+        tree = _module_tree(module)
+        dependencies = [
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and any(ast.unparse(t) == "self.parent.dependencies" for t in node.targets)
+        ]
+        assert dependencies, f"{module} does not set parent.dependencies"
+        listed = [n.value for n in ast.walk(dependencies[0]) if isinstance(n, ast.Constant)]
+        assert CORE_MODULE in listed, f"{module}: parent.dependencies {listed} lacks {CORE_MODULE}"
+    core = parse_python(REPO / CORE_MODULE / f"{CORE_MODULE}.py")
+    hidden = [
+        node
+        for node in ast.walk(core)
+        if isinstance(node, ast.Assign)
+        and any(ast.unparse(t) == "self.parent.hidden" for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+        and node.value.value is True
+    ]
+    assert hidden, f"{CORE_MODULE} must be hidden (a library module has no panel)"
+
+
+def test_no_copies_of_the_foundation():
+    """Error classes, atomic writes and matrix helpers live once, in VSPCoreLib."""
+    problems = []
+    for package, files in lib_python_files().items():
+        if package == CORE_LIB:
+            continue
+        for path in files:
+            tree = parse_python(path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and any(ast.unparse(b) == "Exception" for b in node.bases):
+                    problems.append(
+                        f"{path.relative_to(REPO)}: {node.name} derives from Exception, not VSPError"
+                    )
+                if isinstance(node, ast.FunctionDef) and re.search(
+                    r"atomic|matrix_to_array|array_to_matrix", node.name
+                ):
+                    problems.append(f"{path.relative_to(REPO)}: {node.name} copies a VSPCoreLib helper")
+                if isinstance(node, ast.Assign) and any(ast.unparse(t) == "LPS_TO_RAS" for t in node.targets):
+                    problems.append(f"{path.relative_to(REPO)}: LPS_TO_RAS defined again")
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_file_uses_only_its_own_lib(module):
     imports = imported_top_levels(_module_tree(module))
-    others = sorted(imports & (set(LIB_PACKAGES) - {f"{module}Lib"}))
-    assert not others, f"{module}.py imports {others}: a module's panel calls its own Lib"
+    others = sorted(imports & (set(LIB_PACKAGES) - {f"{module}Lib", CORE_LIB}))
+    assert not others, f"{module}.py imports {others}: a module's panel calls its own Lib (and VSPCoreLib)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,6 +491,8 @@ def test_module_code_uses_existing_lib_names(module):
 #: ensurePythonRequirements(), so that a missing package never stops Slicer from loading the module.
 SLICER_BUNDLED = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "SimpleITK", "sitkUtils", "requests"}
 SLICER_BUNDLED |= {"SampleData", "__future__"}
+#: The library module (a dependency, so Slicer loads it first) and the pure-Python parts of its Lib.
+SLICER_BUNDLED |= {CORE_MODULE, CORE_LIB}
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -458,7 +525,7 @@ def test_slicer_requirements_match_pyproject():
     expected = {
         re.sub(r"\s+", "", d).lower() for d in dependencies if not re.match(r"(slicer-core|vtk)\b", d.lower())
     }
-    path = REPO / "SurgicalPlanning" / "Resources" / "requirements.txt"
+    path = REPO / CORE_MODULE / "Resources" / "requirements.txt"
     listed = {
         re.sub(r"\s+", "", line.split("#", 1)[0]).lower()
         for line in path.read_text(encoding="utf-8").splitlines()

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from SurgicalPlanningLib import terminology
-from SurgicalPlanningLib.errors import InputDataError
-from SurgicalPlanningLib.terminology import LEFT, RIGHT, Code
+from VSPCoreLib import terminology
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.terminology import LEFT, RIGHT, Code
 
 # The structures the suite plans on (issue 3) and the keys that stand for them.
 PLANNING_STRUCTURES = {
@@ -222,10 +222,10 @@ def test_ai_tables_point_at_real_structures_and_agree_with_each_other():
 
 
 def test_committed_context_file_is_what_the_table_generates():
-    assert terminology.CONTEXT_FILE.is_file(), "run: python -m SurgicalPlanningLib.terminology --write"
+    assert terminology.CONTEXT_FILE.is_file(), "run: python -m VSPCoreLib.terminology --write"
     assert terminology.CONTEXT_FILE.read_text(encoding="utf-8") == terminology.terminology_context_text(), (
         "data/SlicerVSP.term.json drifted from the terminology table: "
-        "run `python -m SurgicalPlanningLib.terminology --write`"
+        "run `python -m VSPCoreLib.terminology --write`"
     )
     assert json.loads(terminology.CONTEXT_FILE.read_text()) == terminology.slicer_terminology_context()
 

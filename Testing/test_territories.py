@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from SurgicalPlanningLib import sample_data
 from SurgicalPlanningLib import territories as terr
-from SurgicalPlanningLib.errors import InputDataError
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
-from SurgicalPlanningLib.segmentation.arrays import GridArray, segment_ids, segment_mask
+from VSPCoreLib.arrays import GridArray, segment_ids, segment_mask
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.sampledata import phantom as sample_data
 
 # 1.87 x 1.87 x 2.68 mm: the coarsest grid on which each of the five territories keeps Dice
 # >= 0.93 (at 128 x 128 x 75 the thin middle territory falls to 0.65).
@@ -341,7 +341,7 @@ def test_future_liver_remnant():
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    from SurgicalPlanningLib.app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
 
     folder = tmp_path_factory.mktemp("territory-case")
     create_sample_case(folder, shape=GRID, seed=5)

@@ -38,7 +38,7 @@ IMPORT_STAGES = ("import_ours", "load_ours", "import_sitk")
 
 
 def _phantom(shape: tuple[int, int, int], seed: int):
-    from SurgicalPlanningLib.sample_data import generate_phantom
+    from VSPCoreLib.sampledata.phantom import generate_phantom
 
     return generate_phantom(shape=shape, seed=seed)
 
@@ -63,7 +63,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
     result: dict = {"stage": stage}
     # Imports happen before the clock starts: the stage measures the work, not module loading.
     if stage == "generate":
-        import SurgicalPlanningLib.sample_data  # noqa: F401
+        import VSPCoreLib.sampledata.phantom  # noqa: F401
 
         baseline = peak_rss_mib()
         start = time.perf_counter()
@@ -72,7 +72,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
         result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         result["voxels"] = int(phantom.ct_hu.size)
     elif stage == "write":
-        from SurgicalPlanningLib.sample_dicom import write_dicom_series
+        from VSPCoreLib.sampledata.dicom_writer import write_dicom_series
 
         phantom = _phantom(shape, args.seed)
         if series_dir.exists():
@@ -85,7 +85,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
         result["files"] = len(files)
         result["bytes"] = sum(Path(f).stat().st_size for f in files)
     elif stage == "import_ours":
-        from SurgicalPlanningLib.dicom_series import read_series
+        from VSPCoreLib.dicom import read_series
 
         baseline = peak_rss_mib()
         start = time.perf_counter()
@@ -101,7 +101,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
         import slicer.util  # noqa: F401  (loaded lazily by load_series: not part of the work)
         import vtkmodules.util.numpy_support  # noqa: F401
 
-        from SurgicalPlanningLib.dicom_series import load_series
+        from VSPCoreLib.dicom import load_series
 
         scene = slicer.vtkMRMLScene()
         baseline = peak_rss_mib()

@@ -43,8 +43,8 @@ CROP_CENTRE_LPS = (79.0, 46.0, 10.0)
 
 
 def _label_values(key: str) -> list[int]:
-    from SurgicalPlanningLib import terminology
-    from SurgicalPlanningLib.sample_data import LABELS
+    from VSPCoreLib import terminology
+    from VSPCoreLib.sampledata.phantom import LABELS
 
     if key in LABELS:
         return [LABELS[key]]
@@ -73,7 +73,7 @@ def prepare(args: argparse.Namespace) -> dict:
     import numpy as np
     from scipy import ndimage
 
-    from SurgicalPlanningLib.sample_data import generate_phantom
+    from VSPCoreLib.sampledata.phantom import generate_phantom
 
     start = time.perf_counter()
     phantom = generate_phantom(tuple(args.shape), seed=args.seed)
@@ -141,10 +141,10 @@ def grow(args: argparse.Namespace) -> dict:
     import slicer
     import slicer.util
 
-    from SurgicalPlanningLib.app import VSPApplication
     from SurgicalPlanningLib.segmentation import editing, threshold
-    from SurgicalPlanningLib.segmentation.arrays import array_to_vtk_matrix
     from SurgicalPlanningLib.segmentation.grow import GrowFromSeeds
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.arrays import array_to_vtk_matrix
 
     data = np.load(Path(args.workdir) / "crop.npz")
     points = [(name, tuple(p)) for name, p in json.loads((Path(args.workdir) / "points.json").read_text())]

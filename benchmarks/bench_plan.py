@@ -25,9 +25,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from SurgicalPlanningLib.app import VSPApplication
     from SurgicalPlanningLib.planning import PlanningInputs, compute_plan, sample_plan
     from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
+    from VSPCoreLib.app import VSPApplication
 
     with tempfile.TemporaryDirectory(prefix="vsp-bench-plan-") as folder:
         start = time.perf_counter()

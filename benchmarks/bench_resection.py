@@ -73,9 +73,9 @@ def _stats(seconds: list[float]) -> dict:
 def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from SurgicalPlanningLib.app import VSPApplication
     from SurgicalPlanningLib.resection import ResectionPlanner, segment_ids_for_keys
     from SurgicalPlanningLib.sample_case import load_sample_case
+    from VSPCoreLib.app import VSPApplication
 
     shape = tuple(args.shape)
     case_dir = Path(args.case_dir) if args.case_dir else Path(tempfile.mkdtemp(prefix="bench-resection-"))

@@ -67,10 +67,10 @@ def _build_case(shape: tuple[int, int, int], seed: int):
     import numpy as np
     from slicer.util import updateVolumeFromArray
 
-    from SurgicalPlanningLib.app import VSPApplication
     from SurgicalPlanningLib.sample_case import labelmap_to_segmentation
-    from SurgicalPlanningLib.sample_data import generate_phantom
-    from SurgicalPlanningLib.segmentation.arrays import array_to_vtk_matrix
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.arrays import array_to_vtk_matrix
+    from VSPCoreLib.sampledata.phantom import generate_phantom
 
     timings = {}
     start = time.perf_counter()
@@ -98,7 +98,7 @@ def _build_case(shape: tuple[int, int, int], seed: int):
 def _segment_ids_by_key(segmentation_node) -> dict[str, str]:
     import vtk
 
-    from SurgicalPlanningLib.segmentation.arrays import segment_ids
+    from VSPCoreLib.arrays import segment_ids
 
     result = {}
     segmentation = segmentation_node.GetSegmentation()

@@ -52,9 +52,9 @@ def _masks_file(args: argparse.Namespace) -> Path:
 def _prepare(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from SurgicalPlanningLib.sample_data import LABELS, generate_phantom
-    from SurgicalPlanningLib.segmentation.arrays import GridArray, crop_to_content
     from SurgicalPlanningLib.territories import on_grid
+    from VSPCoreLib.arrays import GridArray, crop_to_content
+    from VSPCoreLib.sampledata.phantom import LABELS, generate_phantom
 
     start = time.perf_counter()
     phantom = generate_phantom(tuple(args.shape), seed=args.seed)
@@ -83,7 +83,7 @@ def _prepare(args: argparse.Namespace) -> dict:
 def _load(args: argparse.Namespace):
     import numpy as np
 
-    from SurgicalPlanningLib.segmentation.arrays import GridArray
+    from VSPCoreLib.arrays import GridArray
 
     data = np.load(_masks_file(args))
     masks = {
@@ -96,8 +96,8 @@ def _load(args: argparse.Namespace):
 def _accuracy(result, truth: dict, kidney) -> dict:
     import numpy as np
 
-    from SurgicalPlanningLib.segmentation.arrays import GridArray
     from SurgicalPlanningLib.territories import on_grid
+    from VSPCoreLib.arrays import GridArray
 
     rows = {}
     for key in BRANCHES:
@@ -159,10 +159,10 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
     elif stage == "segmentation":
         import slicer.util
 
-        from SurgicalPlanningLib.app import VSPApplication
         from SurgicalPlanningLib.sample_case import labelmap_to_segmentation
-        from SurgicalPlanningLib.sample_data import LABELS
-        from SurgicalPlanningLib.segmentation.arrays import array_to_vtk_matrix
+        from VSPCoreLib.app import VSPApplication
+        from VSPCoreLib.arrays import array_to_vtk_matrix
+        from VSPCoreLib.sampledata.phantom import LABELS
 
         app = VSPApplication.create_headless()
         labelmap = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")

@@ -1,3 +1,3 @@
 """CasePortalConnectorLib: the hospital store (DICOMweb) and the GPU segmentation service, without Qt."""
 
-__version__ = "0.1.0"
+from VSPCoreLib import __version__  # noqa: F401 (one version for the suite)

@@ -1,31 +1,16 @@
-"""Errors that reach the user: each names the input at fault and how to fix it.
+"""The connector's errors: VSPCoreLib's user errors, named for what failed.
 
-Shaped like ``SurgicalPlanningLib.errors.VSPError`` (which this package must not import), so the
-`vsp` command and the Slicer panels show both the same way: ``"subject: message Fix: fix"``.
+Messages carry file names, servers and UIDs only, never patient names or IDs.
 """
 
 from __future__ import annotations
 
-
-class ConnectorError(Exception):
-    """An error the user can act on.
-
-    ``subject`` names the input (a file, a series, a node, a server); ``fix`` says what to do.
-    Messages carry file names and UIDs only, never patient names or IDs.
-    """
-
-    def __init__(self, message: str, *, subject: str | None = None, fix: str | None = None):
-        self.message = message
-        self.subject = subject
-        self.fix = fix
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        text = f"{self.subject}: {self.message}" if self.subject else self.message
-        if self.fix:
-            text += f" Fix: {self.fix}"
-        return text
+from VSPCoreLib.errors import InputDataError, VSPError
 
 
-class DicomObjectError(ConnectorError):
+class ConnectorError(VSPError):
+    """A store, service or DICOM object problem the user can act on."""
+
+
+class DicomObjectError(ConnectorError, InputDataError):
     """A DICOM object (SEG, encapsulated document) that cannot be written or read as it is."""

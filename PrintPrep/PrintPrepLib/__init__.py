@@ -1,3 +1,3 @@
 """PrintPrepLib: segments to printable, faithful, traceable models, without Qt."""
 
-__version__ = "0.1.0"
+from VSPCoreLib import __version__  # noqa: F401 (one version for the suite)

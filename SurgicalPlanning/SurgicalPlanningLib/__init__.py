@@ -1,3 +1,3 @@
 """SurgicalPlanningLib: segmentation, virtual resection planning and the case workflow, without Qt."""
 
-__version__ = "0.1.0"
+from VSPCoreLib import __version__  # noqa: F401 (one version for the suite)

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from VSPCoreLib.errors import VSPError
+
 from . import __version__
-from .errors import VSPError
 
 log = logging.getLogger("vsp")
 
@@ -75,13 +76,6 @@ def _shape(text: str) -> tuple[int, int, int]:
     if min(columns, rows, slices) < 32 or max(columns, rows) > 1024 or slices > 1000:
         raise argparse.ArgumentTypeError(f"{text!r}: each dimension must be 32–1024 (slices up to 1000)")
     return columns, rows, slices
-
-
-def _connector_error() -> type[Exception]:
-    """The connector's user-facing error class (its Lib cannot share ours: dependencies point one way)."""
-    from CasePortalConnectorLib.errors import ConnectorError
-
-    return ConnectorError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,9 +275,10 @@ def _info(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 
 def _import_dicom(args: argparse.Namespace, progress: ConsoleProgress) -> int:
-    from . import storage
-    from .app import VSPApplication
-    from .dicom_series import load_series, volume_geometry_summary
+    from VSPCoreLib import storage
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.dicom import load_series, volume_geometry_summary
+
     from .info import format_description
 
     app = VSPApplication.create_headless()
@@ -307,7 +302,7 @@ def _import_dicom(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 
 def _load_segmentation_input(app, path: Path):
-    from . import storage
+    from VSPCoreLib import storage
 
     if path.suffix.lower() in (".mrml", ".mrb"):
         storage.load_scene(app, path)
@@ -320,8 +315,7 @@ def _load_segmentation_input(app, path: Path):
 
 def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from CasePortalConnectorLib.dicom_objects import AlgorithmInfo, export_seg
-
-    from .app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
 
     app = VSPApplication.create_headless()
     report_step = progress
@@ -361,16 +355,16 @@ def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from CasePortalConnectorLib.dicom_objects import import_seg
+    from VSPCoreLib import storage
+    from VSPCoreLib.app import VSPApplication
 
-    from . import storage
-    from .app import VSPApplication
     from .info import describe_segmentation_node, format_description
 
     app = VSPApplication.create_headless()
     reference = None
     if args.reference is not None:
         if args.reference.is_dir():
-            from .dicom_series import load_series
+            from VSPCoreLib.dicom import load_series
 
             reference, _ = load_series(app.scene, args.reference, name="CT", progress=progress)
         else:
@@ -395,10 +389,10 @@ def _tool_names() -> list[str]:
 
 
 def _load_volume_input(app, path: Path, progress):
-    from . import storage
+    from VSPCoreLib import storage
 
     if path.is_dir():
-        from .dicom_series import load_series
+        from VSPCoreLib.dicom import load_series
 
         node, _ = load_series(app.scene, path, name="CT", progress=progress)
         return node
@@ -406,7 +400,7 @@ def _load_volume_input(app, path: Path, progress):
 
 
 def _save_output(app, node, out: Path) -> None:
-    from . import storage
+    from VSPCoreLib import storage
 
     if out.suffix.lower() in (".mrml", ".mrb"):
         storage.save_scene(app, out)
@@ -415,8 +409,9 @@ def _save_output(app, node, out: Path) -> None:
 
 
 def _segment(args: argparse.Namespace, progress: ConsoleProgress) -> int:
-    from .app import VSPApplication
-    from .progress import scaled
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.progress import scaled
+
     from .segmentation.editing import EditSession
     from .segmentation.recipe import check_step, load_recipe, run_recipe
 
@@ -464,8 +459,9 @@ def _segment_ids_by_name(segmentation_node, names: list[str] | None, subject: st
 
 
 def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
-    from .app import VSPApplication
-    from .progress import scaled
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.progress import scaled
+
     from .segmentation.statistics import compute_segment_statistics, to_json
 
     app = VSPApplication.create_headless()
@@ -475,7 +471,7 @@ def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     rows = compute_segment_statistics(segmentation_node, volume, ids, progress=scaled(progress, 0.3, 1.0))
     progress.done()
     if args.json:
-        from .storage import atomic_path
+        from VSPCoreLib.storage import atomic_path
 
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(to_json(rows), indent=2))
@@ -494,7 +490,8 @@ def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 
 def _compare(args: argparse.Namespace, progress: ConsoleProgress) -> int:
-    from .app import VSPApplication
+    from VSPCoreLib.app import VSPApplication
+
     from .segmentation.compare import compare_segments
 
     app = VSPApplication.create_headless()
@@ -516,11 +513,12 @@ def _compare(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 
 def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
-    from . import storage
-    from .app import VSPApplication
+    from VSPCoreLib import storage
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.progress import scaled
+
     from .plan import comparison_rows, load_plan_file, save_plan_file
     from .planning import PlanningInputs, compute_plan, key_comparison
-    from .progress import scaled
 
     plan = load_plan_file(args.plan)
     app = VSPApplication.create_headless()
@@ -597,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = ConsoleProgress(enabled=not args.quiet)
     try:
         return args.handler(args, progress)
-    except (VSPError, _connector_error()) as error:
+    except VSPError as error:
         progress.done()
         print(f"vsp {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INPUT

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import vtk
 
-from . import storage
-from .app import VSPApplication
-from .errors import InputDataError
-from .progress import ProgressCallback
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback
 
 
 def _matrix(node_getter) -> np.ndarray:
@@ -102,9 +102,9 @@ def describe_dicom_folder(
 ) -> dict:
     """The series in a folder; with `read_voxels`, each image series is also read through the
     importer, so that its geometry and any problem (a missing slice, a tilt) are reported."""
-    from .dicom_series import read_series, scan_folder, volume_geometry_summary
-    from .errors import VSPError
-    from .progress import scaled
+    from VSPCoreLib.dicom import read_series, scan_folder, volume_geometry_summary
+    from VSPCoreLib.errors import VSPError
+    from VSPCoreLib.progress import scaled
 
     scan = scan_folder(folder, progress=scaled(progress, 0.0, 0.3 if read_voxels else 1.0))
     series = []

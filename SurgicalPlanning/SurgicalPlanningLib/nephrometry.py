@@ -59,9 +59,10 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from .errors import InputDataError
-from .progress import ProgressCallback, report
-from .segmentation.arrays import GridArray
+from VSPCoreLib.arrays import GridArray
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
+
 from .territories import on_grid, structure_mask
 
 ANTERIOR_RAS = np.array([0.0, 1.0, 0.0])

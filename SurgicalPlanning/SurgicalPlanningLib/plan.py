@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from VSPCoreLib.errors import InputDataError
+
 from . import __version__
-from .errors import InputDataError
 
 SCHEMA_VERSION = 1
 PLAN_NODE_NAME = "SlicerVSP plan"
@@ -320,7 +321,7 @@ def _now() -> str:
 
 
 def save_plan_file(plan: Plan, case_dir: str | os.PathLike) -> Path:
-    from .storage import atomic_path
+    from VSPCoreLib.storage import atomic_path
 
     path = Path(case_dir) / PLAN_FILE
     with atomic_path(path) as temporary:

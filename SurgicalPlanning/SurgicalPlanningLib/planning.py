@@ -18,8 +18,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import terminology
-from .errors import InputDataError
+from VSPCoreLib import terminology
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report, scaled
+
 from .plan import (
     CaseReference,
     MarginResection,
@@ -30,7 +32,6 @@ from .plan import (
     comparison_table_node,
     store_plan_in_scene,
 )
-from .progress import ProgressCallback, report, scaled
 
 # The numbers a planner compares first between variants (dotted paths into the results).
 KEY_METRICS = [
@@ -267,7 +268,7 @@ def _has_structure(segmentation_node, key: str) -> bool:
 
 def _resected_mask(planner):
     """The resected region as a boolean GridArray (on the planner's working grid)."""
-    from .segmentation.arrays import segment_mask
+    from VSPCoreLib.arrays import segment_mask
 
     node = planner.output_segmentation_node  # regions written by the planner (resection/outputs.py)
     if node is None or node.GetSegmentation().GetSegment("resection_resected") is None:

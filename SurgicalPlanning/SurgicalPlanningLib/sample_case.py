@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, storage
-from .app import VSPApplication
-from .errors import InputDataError
-from .progress import ProgressCallback, report, scaled
+from VSPCoreLib import storage
+from VSPCoreLib.app import VSPApplication
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report, scaled
+from VSPCoreLib.terminology import term, terminology_entry
+
+from . import __version__
 from .segmentation import statistics
-from .terminology import term, terminology_entry
 
 CASE_FILE = "case.json"
 SCENE_NAME = "SampleCase"
@@ -60,8 +62,8 @@ def create_sample_case(
     progress: ProgressCallback | None = None,
 ) -> SampleCase:
     """Generate the phantom and write it as DICOM (`dicom/`) and NRRD (`nrrd/`) into out_dir."""
-    from .sample_data import generate_phantom
-    from .sample_dicom import write_dicom_series, write_nrrd
+    from VSPCoreLib.sampledata.dicom_writer import write_dicom_series, write_nrrd
+    from VSPCoreLib.sampledata.phantom import generate_phantom
 
     case_dir = Path(out_dir)
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +153,7 @@ def load_sample_case(
     app: VSPApplication, case_dir: str | os.PathLike, *, progress: ProgressCallback | None = None
 ) -> LoadedCase:
     """Import the case's DICOM series and build the ground-truth segmentation on its geometry."""
-    from .dicom_series import load_series
+    from VSPCoreLib.dicom import load_series
 
     case_dir = Path(case_dir)
     case = _read_case(case_dir)

@@ -41,10 +41,8 @@ import vtk
 from scipy import ndimage
 from vtk.util.numpy_support import vtk_to_numpy
 
-from . import terminology
-from .errors import InputDataError
-from .progress import ProgressCallback, report
-from .segmentation.arrays import (
+from VSPCoreLib import terminology
+from VSPCoreLib.arrays import (
     GridArray,
     crop_to_content,
     grid_array_to_oriented_image,
@@ -52,6 +50,8 @@ from .segmentation.arrays import (
     segment_mask,
     vtk_image,
 )
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
 
 STRUCTURE_KEY_TAG = "SlicerVSP.StructureKey"
 TERRITORY_OF_TAG = "SlicerVSP.TerritoryOf"

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,7 +56,10 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from .. import __version__
+from VSPCoreLib import __version__
+from VSPCoreLib.arrays import LPS_TO_RAS, array_to_vtk_matrix, vtk_matrix_to_array
+from VSPCoreLib.files import atomic_path
+
 from ..errors import DicomObjectError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,6 @@ _TISSUE = ("SCT", "85756007", "Tissue")
 ARTIFICIAL_INTELLIGENCE = ("DCM", "123110", "Artificial Intelligence")
 
 #: LPS (DICOM) <-> RAS (MRML), for 4x4 homogeneous matrices (its own inverse).
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Grids agree when mapping one onto the other moves no pixel centre by more than this (voxels).
 _ALIGNMENT_TOLERANCE = 0.01
@@ -163,19 +163,6 @@ class AlgorithmInfo:
 
 
 @contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path (private folder beside ``target``) that replaces ``target`` on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-    try:
-        temporary = private / target.name
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-
-
-@contextmanager
 def _quiet() -> Iterator[None]:
     """Silence pydicom/highdicom warnings: they may quote header values (patient names)."""
     with warnings.catch_warnings():
@@ -188,18 +175,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _array_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
-
-
 def _image_geometry(image: slicer.vtkOrientedImageData) -> tuple[np.ndarray, np.ndarray | None]:
     """The image's IJK->RAS matrix (of index 0, 0, 0) and its voxels [k, j, i] over its extent.
 
@@ -208,7 +183,7 @@ def _image_geometry(image: slicer.vtkOrientedImageData) -> tuple[np.ndarray, np.
     """
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
-    ijk_to_ras = _matrix_to_array(matrix)
+    ijk_to_ras = vtk_matrix_to_array(matrix)
     extent = image.GetExtent()
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return ijk_to_ras, None
@@ -231,7 +206,7 @@ def _oriented_image(mask: np.ndarray, ijk_to_ras: np.ndarray) -> slicer.vtkOrien
     the crop's first voxel, so the segment stays on the grid. An empty mask gives an empty extent.
     """
     image = slicer.vtkOrientedImageData()
-    image.SetImageToWorldMatrix(_array_to_matrix(ijk_to_ras))
+    image.SetImageToWorldMatrix(array_to_vtk_matrix(ijk_to_ras))
     if not mask.any():
         image.SetExtent(0, -1, 0, -1, 0, -1)
         return image
@@ -878,7 +853,7 @@ def export_seg(
             fix="check the segments' terminology and the source series.",
         ) from exc
     try:
-        with _atomic_path(out_path) as temporary, _quiet():
+        with atomic_path(out_path) as temporary, _quiet():
             seg.save_as(temporary, enforce_file_format=True)
     except OSError as exc:
         raise DicomObjectError(
@@ -1193,7 +1168,7 @@ def import_seg(
             )
         matrix = vtk.vtkMatrix4x4()
         reference_volume.GetIJKToRASMatrix(matrix)
-        target = _matrix_to_array(matrix)
+        target = vtk_matrix_to_array(matrix)
         dims = reference_volume.GetImageData().GetDimensions()
         target_shape = (dims[2], dims[1], dims[0])
     else:
@@ -1208,7 +1183,7 @@ def import_seg(
             node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
         else:
             reference_image = slicer.vtkOrientedImageData()
-            reference_image.SetImageToWorldMatrix(_array_to_matrix(target))
+            reference_image.SetImageToWorldMatrix(array_to_vtk_matrix(target))
             reference_image.SetExtent(0, target_shape[2] - 1, 0, target_shape[1] - 1, 0, target_shape[0] - 1)
             node.GetSegmentation().SetConversionParameter(
                 slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import vtk
 
-from ..errors import InputDataError
+from VSPCoreLib.errors import InputDataError
+
 from .geometry import in_plane_axes, polydata_points, rectangle_mesh
 from .region import OrganRegion
 from .surfaces import DeformableSurface

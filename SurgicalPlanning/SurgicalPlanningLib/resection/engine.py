@@ -42,8 +42,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import slicer
 
-from ..errors import InputDataError, VSPError
-from ..progress import ProgressCallback, report, scaled
+from VSPCoreLib.errors import InputDataError, VSPError
+from VSPCoreLib.progress import ProgressCallback, report, scaled
+
 from .cuts import Cut, MarginCut, PlaneCut, SurfaceCut, plane_geometry
 from .measures import measure_margin, resection_surface, vessel_crossings
 from .outputs import write_regions, write_surface

@@ -16,7 +16,7 @@ import vtk
 from scipy import ndimage
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from ..segmentation.arrays import GridArray, array_to_vtk_matrix
+from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix
 
 
 @dataclass(frozen=True)

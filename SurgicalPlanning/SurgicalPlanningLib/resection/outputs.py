@@ -16,7 +16,8 @@ from __future__ import annotations
 import slicer
 import vtk
 
-from ..segmentation.arrays import array_to_vtk_matrix
+from VSPCoreLib.arrays import array_to_vtk_matrix
+
 from .geometry import WorkGrid
 from .measures import DISTANCE_ARRAY
 

@@ -21,9 +21,10 @@ import vtk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..errors import InputDataError
-from ..progress import ProgressCallback, report
-from ..segmentation.arrays import GridArray, grid_array_to_oriented_image, segment_masks, vtk_matrix_to_array
+from VSPCoreLib.arrays import GridArray, grid_array_to_oriented_image, segment_masks, vtk_matrix_to_array
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
+
 from .geometry import (
     MeshDistance,
     WorkGrid,

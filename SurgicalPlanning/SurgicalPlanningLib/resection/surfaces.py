@@ -28,7 +28,8 @@ import slicer
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk
 
-from ..errors import InputDataError
+from VSPCoreLib.errors import InputDataError
+
 from .geometry import in_plane_axes
 
 ROLE_ATTRIBUTE = "SlicerVSP.Role"

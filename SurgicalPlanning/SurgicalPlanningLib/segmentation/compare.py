@@ -26,8 +26,7 @@ import numpy as np
 import slicer
 from scipy import ndimage
 
-from ..errors import InputDataError
-from .arrays import (
+from VSPCoreLib.arrays import (
     GridArray,
     array_to_vtk_matrix,
     crop_to_content,
@@ -37,6 +36,7 @@ from .arrays import (
     segment_mask,
     segment_on_reference_grid,
 )
+from VSPCoreLib.errors import InputDataError
 
 MARGIN_VOXELS = 2
 

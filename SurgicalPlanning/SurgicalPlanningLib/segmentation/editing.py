@@ -31,8 +31,8 @@ import slicer
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from ..errors import InputDataError
-from .arrays import GridArray, array_to_vtk_matrix, volume_ijk_to_ras, vtk_matrix_to_array
+from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix, volume_ijk_to_ras, vtk_matrix_to_array
+from VSPCoreLib.errors import InputDataError
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ import numpy as np
 import slicer
 from vtk.util.numpy_support import vtk_to_numpy
 
-from ..errors import InputDataError
-from ..progress import ProgressCallback, report
-from .arrays import vtk_image
+from VSPCoreLib.arrays import vtk_image
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
+
 from .editing import (
     Box,
     EditSession,

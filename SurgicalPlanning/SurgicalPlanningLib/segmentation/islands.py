@@ -12,8 +12,9 @@ import slicer
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from ..errors import InputDataError
-from ..progress import ProgressCallback, report
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
+
 from .editing import EditSession, Grid
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..progress import ProgressCallback, report
+from VSPCoreLib.progress import ProgressCallback, report
+
 from .editing import EditSession, mask_in_box
 
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputDataError
-from ..progress import ProgressCallback, report, scaled
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report, scaled
+
 from . import grow, islands, logical, morphology, threshold, vessels
 from .editing import EditSession
 

@@ -43,9 +43,7 @@ import slicer
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk
 
-from ..errors import InputDataError
-from ..progress import ProgressCallback, report
-from .arrays import (
+from VSPCoreLib.arrays import (
     GridArray,
     array_to_vtk_matrix,
     lattice_offset,
@@ -55,6 +53,8 @@ from .arrays import (
     segment_on_reference_grid,
     volume_ijk_to_ras,
 )
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
 
 Vec3 = tuple[float, float, float]
 

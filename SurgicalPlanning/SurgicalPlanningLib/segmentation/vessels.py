@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputDataError
-from ..progress import ProgressCallback, report
+from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.progress import ProgressCallback, report
+
 from .editing import Box, EditSession, LabelledPoint, labelled_points, voxel_volume_ml
 from .grow import run_growcut
 from .islands import label_islands

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import terminology
-from .errors import InputDataError, VSPError
-from .progress import ProgressCallback, report
-from .sample_data import Phantom
+from .. import terminology
+from ..errors import InputDataError, VSPError
+from ..progress import ProgressCallback, report
+from .phantom import Phantom
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RESCALE_INTERCEPT = -1024.0

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from . import terminology
-from .errors import InputDataError
-from .progress import ProgressCallback, report, scaled
+from .. import terminology
+from ..errors import InputDataError
+from ..progress import ProgressCallback, report, scaled
 
 DEFAULT_SHAPE = (512, 512, 300)
 DEFAULT_SPACING_MM = (0.7, 0.7, 1.0)

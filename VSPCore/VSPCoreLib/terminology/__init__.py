@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputDataError
+from ..errors import InputDataError
 
 
 @dataclass(frozen=True)
@@ -902,7 +902,7 @@ def structure_for_ai_label(name: str, model: str | None = None) -> StructureTerm
 # The Slicer terminology context file
 # --------------------------------------------------------------------------------------------
 
-CONTEXT_FILE = Path(__file__).resolve().parent / "data" / "SlicerVSP.term.json"
+CONTEXT_FILE = Path(__file__).resolve().parent / "SlicerVSP.term.json"
 
 
 def terminology_context_text() -> str:

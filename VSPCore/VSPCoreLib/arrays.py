@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import slicer
+import slicer.util
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from ..errors import InputDataError
+from .errors import InputDataError
 
 
 @dataclass
@@ -40,16 +41,18 @@ class GridArray:
         return ijk @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
 
 
+# DICOM, ITK and files are LPS; MRML is RAS. The same matrix maps both ways.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
 def vtk_matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    """A 4x4 numpy copy of a VTK matrix (Slicer's `arrayFromVTKMatrix`)."""
+    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def array_to_vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
+    """A VTK 4x4 matrix from a numpy array (Slicer's `vtkMatrixFromArray`)."""
+    return slicer.util.vtkMatrixFromArray(np.asarray(array, dtype=float))
 
 
 def volume_ijk_to_ras(volume_node) -> np.ndarray:

@@ -10,10 +10,6 @@ header convention, so that a left kidney stays on the patient's left in every to
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import slicer
@@ -21,6 +17,7 @@ import vtk
 
 from .app import VSPApplication
 from .errors import InputDataError, VSPError
+from .files import atomic_path, copy_into, temporary_directory  # noqa: F401 (re-exported)
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".seg.nhdr")
@@ -160,25 +157,6 @@ def _stem(path: Path) -> str:
 # --- saving ----------------------------------------------------------------------------------
 
 
-@contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path that replaces `target` only when the block succeeds.
-
-    The temporary file has the target's own name, in a private folder beside the target (same
-    file system, so the final rename is atomic): Slicer derives formats and bundle folder names
-    from the file name.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-    try:
-        temporary = private / target.name
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-
-
 def save_node(node, path: str | os.PathLike, *, coordinate_system: int = LPS) -> Path:
     """Write a storable node to `path` with Slicer's storage node for that file type.
 
@@ -301,16 +279,3 @@ def load_scene(app: VSPApplication, path: str | os.PathLike, *, clear: bool = Tr
             subject=str(path),
             fix="check that the scene's data files are beside it (Data/) and complete.",
         )
-
-
-def copy_into(source: str | os.PathLike, folder: str | os.PathLike) -> Path:
-    """Copy a file into a folder without ever exposing a partial copy under the final name."""
-    source, folder = Path(source), Path(folder)
-    target = folder / source.name
-    with atomic_path(target) as temporary:
-        shutil.copyfile(source, temporary)
-    return target
-
-
-def temporary_directory(prefix: str = "vsp-") -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -61,15 +61,14 @@ import numpy as np
 import pydicom
 from pydicom import uid as dcm_uid
 
-from .errors import InputDataError
-from .progress import ProgressCallback, report, scaled
+from ..arrays import LPS_TO_RAS
+from ..errors import InputDataError
+from ..progress import ProgressCallback, report, scaled
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-#: LPS (DICOM, ITK) to RAS (MRML) for homogeneous 4x4 matrices.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Two orientations (direction cosines) closer than this are the same orientation.
 ORIENTATION_TOLERANCE = 1e-4

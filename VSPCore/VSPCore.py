@@ -1,0 +1,96 @@
+"""VSPCore: the hidden library module every SlicerVSP module stands on.
+
+It has no panel. It installs VSPCoreLib (the headless application, storage, the DICOM importer,
+terminology, errors, progress and safe files) with the extension, and gives the other modules'
+widgets one place to ensure the Python packages the Libs need. SurgicalPlanning, PrintPrep and
+CasePortalConnector list it in their dependencies, so Slicer loads it first.
+"""
+
+import os
+
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic
+
+REQUIREMENTS_FILE = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+
+
+class VSPCore(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("VSP Core")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Surgical Planning")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
+        self.parent.helpText = _("""
+The shared foundation of SlicerVSP's modules (no panel): the headless application, storage, the
+DICOM importer, terminology, errors and progress.
+""")
+        self.parent.acknowledgementText = _("""
+Shared across modules the way SlicerHeart shares HeartValveLib.
+""")
+        # A library module: not listed in the module selector.
+        self.parent.hidden = True
+
+
+class VSPCoreLogic(ScriptedLoadableModuleLogic):
+    """Nothing of its own: the behaviour is in VSPCoreLib."""
+
+
+def unmetRequirements(requirementsPath=REQUIREMENTS_FILE):
+    """The requirement lines of ``requirementsPath`` that the running Python does not satisfy."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    unmet = []
+    with open(requirementsPath, encoding="utf-8") as requirementsFile:
+        for line in requirementsFile:
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            requirement = Requirement(line)
+            try:
+                installed = metadata.version(requirement.name)
+            except metadata.PackageNotFoundError:
+                unmet.append(str(requirement))
+                continue
+            if not requirement.specifier.contains(installed, prereleases=True):
+                unmet.append(str(requirement))
+    return unmet
+
+
+def ensurePythonRequirements():
+    """Make sure the Python packages the Libs need are installed: call it from a widget, on first
+    use, never at start-up and never from logic (as Slicer's scripted module template does).
+
+    Slicer 5.11+ has ``slicer.packaging.pip_ensure`` (asks the user, installs, offers a restart).
+    The requirements are ones Slicer 5.12's bundled packages already satisfy, so installing
+    SlicerVSP never replaces a package Slicer's own DICOM module runs on.
+    """
+    from VSPCoreLib.errors import VSPError
+
+    try:
+        import slicer.packaging as slicerPackaging
+    except ImportError:
+        slicerPackaging = None
+    if slicerPackaging is not None and hasattr(slicerPackaging, "pip_ensure"):
+        slicerPackaging.pip_ensure(
+            slicerPackaging.load_requirements(REQUIREMENTS_FILE), requester="SlicerVSP"
+        )
+        return
+    unmet = unmetRequirements()
+    if unmet:
+        raise VSPError(
+            _("Python packages needed by SlicerVSP are missing or too old: {packages}.").format(
+                packages=", ".join(unmet)
+            ),
+            subject="Slicer's Python environment",
+            fix=_(
+                "Run slicer.util.pip_install({argument}) in the Python console, then restart Slicer."
+            ).format(argument=repr(" ".join(unmet))),
+        )
