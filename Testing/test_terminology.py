@@ -86,10 +86,13 @@ def test_every_planning_structure_has_a_verified_code():
 def test_lateral_structures_carry_laterality_modifiers():
     for key, t in terminology.STRUCTURES.items():
         words = key.split("_")
+        # A side is a modifier, or part of the concept itself ("Middle lobe of right lung").
         if "left" in words:
-            assert LEFT.same_concept(t.modifier or t.region_modifier), key
+            assert LEFT.same_concept(t.modifier or t.region_modifier) or "left" in t.type.meaning.lower(), key
         elif "right" in words:
-            assert RIGHT.same_concept(t.modifier or t.region_modifier), key
+            assert RIGHT.same_concept(t.modifier or t.region_modifier) or "right" in t.type.meaning.lower(), (
+                key
+            )
     for side, modifier in (("left", LEFT), ("right", RIGHT)):
         for stem in ("ureter", "adrenal_gland", "renal_artery", "renal_vein", "kidney"):
             assert modifier.same_concept(terminology.term(f"{stem}_{side}").modifier)
@@ -166,14 +169,21 @@ def test_totalsegmentator_labels_get_totalsegmentators_codes():
         assert (t.modifier.value if t.modifier else None) == modifier, name
         assert (t.region.value if t.region else None) == region, name
     assert terminology.structure_for_ai_label("inferior_vena_cava", "totalsegmentator").key == "ivc"
-    assert terminology.structure_for_ai_label("rib_right_7", "totalsegmentator").key == "rib_right"
+    # Every rib its own structure, with the rib's own SNOMED CT code (Seventh rib) and side.
+    rib = terminology.structure_for_ai_label("rib_right_7", "totalsegmentator")
+    assert (rib.key, rib.name, rib.type.value, rib.modifier.value) == (
+        "rib_right_7",
+        "Rib 7, right",
+        "24915002",
+        RIGHT.value,
+    )
     # Names are compared without regard to case and separators.
     assert terminology.structure_for_ai_label("  Kidney-Left ", "totalsegmentator").key == "kidney_left"
     assert terminology.structure_for_ai_label("VERTEBRAE_l1").key == "vertebra_L1"
 
 
 def test_labels_that_are_not_our_structures_map_to_nothing():
-    for name in ("lung_upper_lobe_left", "heart", "kidney", "brain", "autochthon_left", "stomach", ""):
+    for name in ("kidney", "kidneys", "lung", "tumor", "background", ""):
         assert terminology.structure_for_ai_label(name) is None, name
 
 
@@ -214,6 +224,97 @@ def test_ai_tables_point_at_real_structures_and_agree_with_each_other():
             assert key in terminology.STRUCTURES, (name, key)
             normalised = name.strip().lower().replace(" ", "_").replace("-", "_")
             assert seen.setdefault(normalised, key) == key, f"{name!r} maps to two structures"
+
+
+# Class values of TotalSegmentator's "total" task (v2), spot checks from map_to_binary.py.
+TOTAL_V2_VALUES = {
+    "spleen": 1,
+    "kidney_right": 2,
+    "kidney_left": 3,
+    "kidney_cyst_left": 23,
+    "vertebrae_L1": 31,
+    "heart": 51,
+    "aorta": 52,
+    "inferior_vena_cava": 63,
+    "rib_left_1": 92,
+    "rib_right_12": 115,
+    "costal_cartilages": 117,
+}
+
+
+def test_every_totalsegmentator_total_class_is_coded_with_its_own_name():
+    values, family = terminology.model_label_values("totalsegmentator")
+    assert family == "totalsegmentator"
+    assert sorted(values) == list(range(1, 118))  # 117 classes, values 1..117
+    for name, value in TOTAL_V2_VALUES.items():
+        assert values[value] == name
+    terms = {name: terminology.structure_for_ai_label(name, "totalsegmentator") for name in values.values()}
+    assert all(t is not None for t in terms.values()), [n for n, t in terms.items() if t is None]
+    # Distinct classes never merge: 117 classes, 117 structures, 117 display names.
+    assert len({t.key for t in terms.values()}) == 117
+    assert len({t.name for t in terms.values()}) == 117
+    for name, t in terms.items():
+        assert t.type.scheme == "SCT" and t.type.value.isdigit(), name
+        assert "TotalSeg" in t.source or "Slicer" in t.source or "DICOM" in t.source, name
+        side = "left" if "_left" in name else "right" if "_right" in name else None
+        if side:
+            assert side in t.name.lower(), name
+            expected = LEFT if side == "left" else RIGHT
+            assert expected.same_concept(t.modifier or t.region_modifier) or side in t.type.meaning.lower(), (
+                name
+            )
+    assert terms["vertebrae_L1"].name == "Vertebra L1"
+    assert terms["rib_left_3"].name == "Rib 3, left" and terms["rib_left_3"].type.value == "25888004"
+    assert terms["kidney_cyst_right"].region_modifier.same_concept(RIGHT)
+    # The twelve ribs of a side carry twelve different SNOMED CT codes.
+    assert len({terms[f"rib_left_{n}"].type.value for n in range(1, 13)}) == 12
+
+
+def test_label_value_tables_of_the_models():
+    v1, _ = terminology.model_label_values("totalsegmentator:total_v1")
+    assert len(v1) == 104 and v1[18] == "vertebrae_L5" and v1[104] == "urinary_bladder"
+    monai, family = terminology.model_label_values("monai")
+    assert monai == v1 and family == "monai:segmentation_full_CT"
+    tumour, family = terminology.model_label_values("monai:kidney_tumor_segmentation")
+    assert tumour == {1: "kidneys", 2: "tumor"}
+    assert terminology.structure_for_ai_label("tumor", family).key == "renal_tumour"
+    assert terminology.structure_for_ai_label("kidneys", family) is None
+    with pytest.raises(InputDataError, match="unknown label table"):
+        terminology.model_label_values("nnunet")
+    with pytest.raises(InputDataError, match="unknown label table"):
+        terminology.model_label_values("totalsegmentator:no_such_task")
+
+
+def test_tables_are_data_files_listed_for_installation():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmake = (root / "VSPCore" / "CMakeLists.txt").read_text()
+    for path in (terminology.STRUCTURES_FILE, terminology.AI_LABELS_FILE, terminology.CONTEXT_FILE):
+        assert path.is_file()
+        json.loads(path.read_text(encoding="utf-8"))
+        assert f"VSPCoreLib/terminology/{path.name}" in cmake
+    data = json.loads(terminology.STRUCTURES_FILE.read_text(encoding="utf-8"))
+    assert len(data["structures"]) == len(terminology.STRUCTURES)
+    assert all(entry["source"] for entry in data["structures"])
+
+
+def test_entries_are_written_and_read_by_slicers_terminology_logic():
+    entry = terminology.terminology_entry("kidney_left")
+    assert entry == (
+        "Segmentation category and type - SlicerVSP abdominal planning~SCT^123037004^Anatomical Structure"
+        "~SCT^64033007^Kidney~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^"
+    )
+    parsed = terminology.parse_terminology_entry(entry)
+    assert parsed["type"] == Code("SCT", "64033007", "Kidney") and parsed["modifier"] == LEFT
+    assert parsed["region"] is None and parsed["context"] == terminology.TERMINOLOGY_CONTEXT
+    cyst = terminology.parse_terminology_entry(terminology.terminology_entry("kidney_cyst_left"))
+    assert cyst["region"].value == "64033007" and cyst["region_modifier"] == LEFT
+    for bad in ("", "a~b", "c~SCT^1^X~SCT^2~^^~r~^^~^^", "c~SCT^1^X~SCT^2^Y~^^~r~^^~^^~extra"):
+        with pytest.raises(InputDataError, match="cannot read"):
+            terminology.parse_terminology_entry(bad)
+    with pytest.raises(InputDataError, match="incomplete code"):
+        terminology.parse_terminology_entry("c~SCT^1^X~SCT^2^~^^~r~^^~^^")
 
 
 # ------------------------------------------------------------------------------------------

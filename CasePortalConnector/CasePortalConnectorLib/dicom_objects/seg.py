@@ -56,8 +56,9 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from VSPCoreLib import __version__
+from VSPCoreLib import __version__, terminology
 from VSPCoreLib.arrays import LPS_TO_RAS, array_to_vtk_matrix, vtk_matrix_to_array
+from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.files import atomic_path
 
 from ..errors import DicomObjectError
@@ -280,47 +281,27 @@ def _plane_matrices(ijk_to_ras: np.ndarray, slices: int) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_code(text: str, segment: str) -> hd.sr.CodedConcept | None:
-    parts = text.split("^")
-    if len(parts) != 3:
-        raise DicomObjectError(
-            f"segment {segment!r} has a terminology code {text!r} that is not scheme^value^meaning.",
-            subject="TerminologyEntry",
-            fix="set the segment's terminology again (Slicer's terminology selector or the suite's table).",
-        )
-    scheme, value, meaning = parts
-    if not scheme and not value:
-        return None
-    if not scheme or not value or not meaning:
-        raise DicomObjectError(
-            f"segment {segment!r} has an incomplete terminology code {text!r}.",
-            subject="TerminologyEntry",
-            fix="every code needs a coding scheme, a value and a meaning.",
-        )
-    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
 def parse_terminology_entry(entry: str, segment: str = "") -> dict[str, Any]:
-    """Split Slicer's ``context~category~type~typeModifier~regionContext~region~regionModifier``.
+    """Slicer's ``context~category~type~typeModifier~regionContext~region~regionModifier``, read
+    by VSPCoreLib's terminology parser (Slicer's terminology logic).
 
     Codes come back as highdicom ``CodedConcept`` (None when absent, written ``^^``).
     """
-    fields = entry.split("~")
-    if len(fields) != 7:
+    try:
+        parsed = terminology.parse_terminology_entry(entry, subject=f"segment {segment!r}")
+    except InputDataError as error:
         raise DicomObjectError(
-            f"segment {segment!r} has a terminology entry with {len(fields)} fields, 7 expected.",
-            subject="TerminologyEntry",
-            fix="use Slicer's format context~category~type~typeModifier~regionContext~region~regionModifier.",
-        )
-    return {
-        "context": fields[0],
-        "category": _parse_code(fields[1], segment),
-        "type": _parse_code(fields[2], segment),
-        "modifier": _parse_code(fields[3], segment),
-        "region_context": fields[4],
-        "region": _parse_code(fields[5], segment),
-        "region_modifier": _parse_code(fields[6], segment),
-    }
+            error.message,
+            subject=error.subject,
+            fix="set the segment's terminology again (Slicer's terminology selector or the suite's table).",
+        ) from None
+
+    def concept(code: Any) -> Any:
+        if not isinstance(code, terminology.Code):
+            return code
+        return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+    return {name: concept(value) for name, value in parsed.items()}
 
 
 def _code_text(item: Dataset | None) -> str:
@@ -351,16 +332,20 @@ def terminology_entry_from_description(
     """Slicer's TerminologyEntry string for a SEG segment description."""
     type_item = _first(description, "SegmentedPropertyTypeCodeSequence")
     region_item = _first(description, "AnatomicRegionSequence")
-    fields = [
-        context,
-        _code_text(_first(description, "SegmentedPropertyCategoryCodeSequence")),
-        _code_text(type_item),
-        _code_text(_first(type_item, "SegmentedPropertyTypeModifierCodeSequence")),
-        region_context,
-        _code_text(region_item),
-        _code_text(_first(region_item, "AnatomicRegionModifierSequence")),
-    ]
-    return "~".join(fields)
+
+    def code(item: Dataset | None) -> terminology.Code | None:
+        text = _code_text(item)
+        return None if text == "^^" else terminology.Code(*text.split("^"))
+
+    return terminology.serialize_terminology_entry(
+        category=code(_first(description, "SegmentedPropertyCategoryCodeSequence")),
+        type=code(type_item),
+        modifier=code(_first(type_item, "SegmentedPropertyTypeModifierCodeSequence")),
+        region=code(region_item),
+        region_modifier=code(_first(region_item, "AnatomicRegionModifierSequence")),
+        context_name=context,
+        region_context_name=region_context,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,23 +1,28 @@
 """Standard codes (SNOMED CT) and colours for the structures SlicerVSP segments and plans on.
 
 Code decides which structure is which: look structures up with :func:`find_by_code`, never by
-name. Every code below was checked against a public source; the source is named per entry:
+name. The tables are data files in this folder, not Python:
 
-- ``Slicer-GA``: Slicer's ``SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json``
-- ``Slicer-DM``: Slicer's ``SegmentationCategoryTypeModifier-DICOM-Master.json`` and
-  ``AnatomicRegionAndModifier-DICOM-Master.json``
-- ``DICOM``: DICOM PS3.16 context groups as shipped in pydicom's code dictionary (CID 7151,
-  7166, 7197 and others)
-- ``TotalSeg``: TotalSegmentator's ``totalsegmentator_snomed_mapping.csv``
-- ``mCODE``: HL7 mCODE's TG-263 to SNOMED CT concept map
+- ``structures.json``: every structure (key, display name, category/type/modifier/region codes,
+  recommended colour, parts of compound structures) and, per entry, the public source that
+  verified its code. The sources (``sources`` in the file):
+  ``Slicer-GA`` (Slicer's SlicerGeneralAnatomy terminology), ``Slicer-DM`` (Slicer's DICOM master
+  lists), ``DICOM`` (PS3.16 context groups as pydicom ships them; the CID is named),
+  ``TotalSeg`` (TotalSegmentator's ``totalsegmentator_snomed_mapping.csv``), ``mCODE``
+  (HL7 mCODE's TG-263 to SNOMED CT map).
+- ``ai_labels.json``: the class names of AI models (TotalSegmentator, MONAI Label and MONAI
+  bundles) mapped to structure keys, and the label value of each class in the model's label
+  maps (TotalSegmentator ``total`` v2: 117 classes; ``total_v1``: 104).
 
-A colour is the one the named source recommends for the code where it has one (Slicer's generic
-"Artery"/"Vein" colours for vessels it gives none); otherwise it is SlicerVSP's choice.
+A colour is the one the named source recommends for the code where it has one; otherwise it is
+SlicerVSP's choice. ``SlicerVSP.term.json`` is :func:`slicer_terminology_context` written out;
+``python -m VSPCoreLib.terminology --write`` regenerates it after the tables change
+(``--check`` tells whether it is current).
 
-:func:`structure_for_ai_label` maps the label names of TotalSegmentator and of MONAI Label /
-MONAI bundle models to structure keys, so that AI results get codes. ``data/SlicerVSP.term.json``
-is :func:`slicer_terminology_context` written out; ``python -m SurgicalPlanningLib.terminology
---write`` regenerates it after the table changes (``--check`` tells whether it is current).
+Terminology entries (the string Slicer stores in a segment's ``TerminologyEntry`` tag) are
+written and read through Slicer's own terminology logic (``vtkSlicerTerminologiesModuleLogic``
+``SerializeTerminologyEntry`` / ``DeserializeTerminologyEntry``), see :func:`terminology_entry`
+and :func:`parse_terminology_entry`.
 
 The category codes follow Slicer's terminology files (SCT 123037004 "Anatomical Structure",
 SCT 49755003 "Morphologically Altered Structure"). Recent DICOM editions use SCT 91723000 for
@@ -30,6 +35,7 @@ guessed SNOMED CT one. Replace it when a verified code is available.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -37,6 +43,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputDataError
 
@@ -109,464 +116,6 @@ RIGHT = Code(SCT, "24028007", "Right")
 _SIDES = {"left": LEFT, "right": RIGHT}
 
 
-def _rgb(r: int, g: int, b: int) -> tuple[float, float, float]:
-    return (r / 255.0, g / 255.0, b / 255.0)
-
-
-def _term(
-    key: str,
-    name: str,
-    category: Code,
-    type_: Code,
-    colour: tuple[float, float, float],
-    source: str,
-    **kwargs,
-) -> StructureTerm:
-    return StructureTerm(key, name, category, type_, colour, source=source, **kwargs)
-
-
-def _build_table() -> dict[str, StructureTerm]:
-    terms: list[StructureTerm] = [
-        # Tissues. Subcutaneous tissue and fat: DICOM CID 7166 (Slicer's "Body fat" code is an
-        # observable entity in SNOMED CT, so it is not used here).
-        _term(
-            "subcutaneous_fat",
-            "Subcutaneous fat",
-            TISSUE,
-            Code(SCT, "71966008", "Subcutaneous tissue"),
-            _rgb(230, 220, 70),
-            "DICOM",
-        ),
-        _term(
-            "visceral_fat",
-            "Intra-abdominal fat",
-            TISSUE,
-            Code(SCT, "55603005", "Fat"),
-            _rgb(240, 230, 140),
-            "DICOM, TotalSeg",
-        ),
-        # Muscles.
-        _term(
-            "abdominal_wall_muscle",
-            "Abdominal wall muscles",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "195879000", "Abdominal wall muscle"),
-            _rgb(171, 85, 68),
-            "Slicer-GA",
-        ),
-        # Skeleton.
-        _term(
-            "spine",
-            "Vertebral column",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "421060004", "Spine"),
-            _rgb(212, 188, 102),
-            "Slicer-DM",
-        ),
-        _term(
-            "spinal_cord",
-            "Spinal cord",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "2748008", "Spinal cord"),
-            _rgb(244, 214, 49),
-            "Slicer-GA",
-        ),
-        # Great vessels.
-        _term(
-            "aorta",
-            "Aorta",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "15825003", "Aorta"),
-            _rgb(224, 97, 76),
-            "Slicer-GA",
-        ),
-        _term(
-            "ivc",
-            "Inferior vena cava",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "64131007", "Inferior vena cava"),
-            _rgb(0, 151, 206),
-            "Slicer-DM",
-        ),
-        # Organs.
-        _term(
-            "liver",
-            "Liver",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "10200004", "Liver"),
-            _rgb(221, 130, 101),
-            "Slicer-GA",
-        ),
-        _term(
-            "spleen",
-            "Spleen",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "78961009", "Spleen"),
-            _rgb(157, 108, 162),
-            "Slicer-GA",
-        ),
-        # The tumour: Neoplasm in the left kidney (region + laterality as TotalSegmentator codes
-        # its kidney cyst).
-        _term(
-            "tumour",
-            "Renal tumour, left",
-            MORPHOLOGICALLY_ALTERED,
-            Code(SCT, "108369006", "Neoplasm"),
-            _rgb(144, 238, 144),
-            "Slicer-DM",
-            region=Code(SCT, "64033007", "Kidney"),
-            region_modifier=LEFT,
-        ),
-    ]
-    # Segmental arteries: all share SCT 120234003; the five of a side are told apart by their
-    # key (the anatomical segment they supply), which no SNOMED CT code in the sources encodes.
-    segment_colours = [
-        _rgb(230, 25, 75),
-        _rgb(245, 130, 48),
-        _rgb(255, 225, 25),
-        _rgb(60, 180, 75),
-        _rgb(145, 30, 180),
-    ]
-    for side, modifier in _SIDES.items():
-        terms += [
-            _term(
-                f"erector_spinae_{side}",
-                f"Erector spinae muscle, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "44947003", "Erector spinae muscle"),
-                _rgb(192, 104, 88),
-                "Slicer-DM",
-                modifier=modifier,
-            ),
-            _term(
-                f"psoas_{side}",
-                f"Psoas muscle, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "68455001", "Iliopsoas muscle"),
-                _rgb(230, 125, 125),
-                "TotalSeg",
-                modifier=modifier,
-            ),
-            _term(
-                f"rib_{side}",
-                f"Ribs, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "113197003", "Rib"),
-                _rgb(253, 232, 158),
-                "Slicer-DM",
-                modifier=modifier,
-            ),
-            _term(
-                f"kidney_{side}_cortex",
-                f"Renal cortex, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "50403003", "Structure of cortex of kidney"),
-                _rgb(205, 92, 72),
-                "mCODE",
-                modifier=modifier,
-            ),
-            _term(
-                f"kidney_{side}_medulla",
-                f"Renal medulla, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(PRIVATE_SCHEME, "RENAL-MEDULLA", "Renal medulla"),
-                _rgb(150, 70, 60),
-                "private code: no verified SNOMED CT code found",
-                modifier=modifier,
-            ),
-            _term(
-                f"renal_pelvis_{side}",
-                f"Renal pelvis, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "25990002", "Renal pelvis"),
-                _rgb(247, 182, 164),
-                "Slicer-DM",
-                modifier=modifier,
-            ),
-            _term(
-                f"calyx_{side}",
-                f"Renal calyces, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "2334006", "Calyx"),
-                _rgb(214, 230, 130),
-                "Slicer-DM",
-                modifier=modifier,
-            ),
-            _term(
-                f"renal_artery_{side}",
-                f"Renal artery, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "2841007", "Renal artery"),
-                _rgb(216, 101, 79),
-                "Slicer-DM",
-                modifier=modifier,
-            ),
-            _term(
-                f"renal_vein_{side}",
-                f"Renal vein, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "56400007", "Renal vein"),
-                _rgb(0, 151, 206),
-                "Slicer-DM",
-                modifier=modifier,
-            ),
-        ]
-        for index, (segment, segment_name) in enumerate(SEGMENTAL_ARTERY_SEGMENTS):
-            terms.append(
-                _term(
-                    f"segmental_artery_{side}_{segment}",
-                    f"Segmental artery, {side}, {segment_name}",
-                    ANATOMICAL_STRUCTURE,
-                    Code(SCT, "120234003", "Segmental Artery"),
-                    segment_colours[index],
-                    "Slicer-DM (AnatomicRegion), DICOM CID 12115",
-                    modifier=modifier,
-                )
-            )
-        # Compound structures: unions of the parts above (no label value of their own).
-        kidney_parts = (
-            f"kidney_{side}_cortex",
-            f"kidney_{side}_medulla",
-            f"renal_pelvis_{side}",
-            f"calyx_{side}",
-        ) + (("tumour",) if side == "left" else ())
-        terms += [
-            _term(
-                f"kidney_{side}",
-                f"Kidney, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "64033007", "Kidney"),
-                _rgb(185, 102, 83),
-                "Slicer-GA",
-                modifier=modifier,
-                parts=kidney_parts,
-            ),
-            _term(
-                f"collecting_system_{side}",
-                f"Collecting system, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "25990002", "Renal pelvis"),
-                _rgb(247, 182, 164),
-                "Slicer-DM",
-                modifier=modifier,
-                parts=(f"renal_pelvis_{side}", f"calyx_{side}"),
-            ),
-            _term(
-                f"renal_arterial_tree_{side}",
-                f"Renal arteries, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "2841007", "Renal artery"),
-                _rgb(216, 101, 79),
-                "Slicer-DM",
-                modifier=modifier,
-                parts=(f"renal_artery_{side}",)
-                + tuple(f"segmental_artery_{side}_{s}" for s, _ in SEGMENTAL_ARTERY_SEGMENTS),
-            ),
-        ]
-    terms.append(
-        _term(
-            "ribs",
-            "Ribs",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "113197003", "Rib"),
-            _rgb(253, 232, 158),
-            "Slicer-GA",
-            parts=("rib_left", "rib_right"),
-        )
-    )
-    terms += _planning_terms()
-    table = {t.key: t for t in terms}
-    if len(table) != len(terms):
-        raise RuntimeError("duplicate terminology keys")
-    return table
-
-
-def _planning_terms() -> list[StructureTerm]:
-    """Structures the suite plans on beyond the phantom's labels, and those AI models deliver.
-
-    Colours come from the source named for the code where that source recommends one (Slicer's
-    terminology files, TotalSegmentator's mapping); the vertebrae alternate two spine shades.
-    """
-    kidney = Code(SCT, "64033007", "Kidney")
-    liver = Code(SCT, "10200004", "Liver")
-    terms: list[StructureTerm] = [
-        # Liver and its vessels (Slicer-DM types, all in DICOM CID 7151).
-        _term(
-            "hepatic_veins",
-            "Hepatic veins",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "8993003", "Hepatic vein"),
-            _rgb(0, 151, 206),
-            "Slicer-DM, DICOM CID 7151",
-        ),
-        _term(
-            "portal_vein",
-            "Portal vein",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "32764006", "Portal vein"),
-            _rgb(0, 90, 220),
-            "Slicer-DM, DICOM CID 7151",
-        ),
-        # TotalSegmentator segments portal and splenic vein as one structure.
-        _term(
-            "portal_vein_and_splenic_vein",
-            "Portal and splenic vein",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "110765007", "Portal vein and splenic vein"),
-            _rgb(0, 90, 220),
-            "TotalSeg",
-        ),
-        _term(
-            "hepatic_artery",
-            "Hepatic artery",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "76015000", "Hepatic artery"),
-            _rgb(216, 101, 79),
-            "Slicer-DM, DICOM CID 7151",
-        ),
-        _term(
-            "liver_vessels",
-            "Liver vessels",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "59820001", "Blood vessel"),
-            _rgb(60, 160, 60),
-            "TotalSeg, DICOM CID 7166",
-            region=liver,
-        ),
-        _term(
-            "liver_tumour",
-            "Liver tumour",
-            MORPHOLOGICALLY_ALTERED,
-            Code(SCT, "108369006", "Neoplasm"),
-            _rgb(255, 0, 200),
-            "TotalSeg, DICOM CID 7159",
-            region=liver,
-        ),
-        # Other abdominal organs (Slicer-GA, DICOM CID 7154).
-        _term(
-            "pancreas",
-            "Pancreas",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "15776009", "Pancreas"),
-            _rgb(249, 180, 111),
-            "Slicer-GA, DICOM CID 7154",
-        ),
-        _term(
-            "gallbladder",
-            "Gallbladder",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "28231008", "Gallbladder"),
-            _rgb(139, 150, 98),
-            "Slicer-GA, DICOM CID 7154",
-        ),
-        # Tissues (Slicer-GA "Tissue" category; skin is in DICOM CID 7166).
-        _term("bone", "Bone", TISSUE, Code(SCT, "272673000", "Bone"), _rgb(241, 214, 145), "Slicer-GA"),
-        _term(
-            "skin",
-            "Skin",
-            TISSUE,
-            Code(SCT, "39937001", "Skin"),
-            _rgb(177, 122, 101),
-            "Slicer-GA, DICOM CID 7166",
-        ),
-        # Renal lesions without a side: what an AI model delivers before code decides the side.
-        _term(
-            "renal_tumour",
-            "Renal tumour",
-            MORPHOLOGICALLY_ALTERED,
-            Code(SCT, "108369006", "Neoplasm"),
-            _rgb(144, 238, 144),
-            "Slicer-DM, DICOM CID 7159",
-            region=kidney,
-        ),
-        _term(
-            "renal_mass",
-            "Renal mass",
-            MORPHOLOGICALLY_ALTERED,
-            Code(SCT, "4147007", "Mass"),
-            _rgb(144, 238, 144),
-            "Slicer-GA, DICOM CID 7159",
-            region=kidney,
-        ),
-        # TotalSegmentator codes its kidney cysts with a laterality region modifier; one key for
-        # both sides keeps the side out of the name (see structure_for_ai_label).
-        _term(
-            "kidney_cyst",
-            "Renal cyst",
-            MORPHOLOGICALLY_ALTERED,
-            Code(SCT, "367643001", "Cyst"),
-            _rgb(205, 205, 100),
-            "Slicer-GA, TotalSeg, DICOM CID 7159",
-            region=kidney,
-        ),
-        _term(
-            "renal_arteries",
-            "Renal arteries",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "2841007", "Renal artery"),
-            _rgb(216, 101, 79),
-            "Slicer-DM, DICOM CID 7151",
-            parts=("renal_arterial_tree_left", "renal_arterial_tree_right"),
-        ),
-        _term(
-            "sacrum",
-            "Sacrum",
-            ANATOMICAL_STRUCTURE,
-            Code(SCT, "54735007", "Sacrum"),
-            _rgb(212, 188, 102),
-            "TotalSeg, DICOM CID 7151",
-        ),
-    ]
-    for side, modifier in _SIDES.items():
-        terms += [
-            _term(
-                f"ureter_{side}",
-                f"Ureter, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "87953007", "Ureter"),
-                _rgb(247, 182, 164),
-                "Slicer-DM, DICOM CID 7151",
-                modifier=modifier,
-            ),
-            _term(
-                f"adrenal_gland_{side}",
-                f"Adrenal gland, {side}",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, "23451007", "Adrenal gland"),
-                _rgb(249, 186, 150),
-                "Slicer-GA, DICOM CID 7154",
-                modifier=modifier,
-            ),
-        ]
-    for index, (level, value) in enumerate(VERTEBRA_CODES):
-        terms.append(
-            _term(
-                f"vertebra_{level}",
-                f"{level} vertebra",
-                ANATOMICAL_STRUCTURE,
-                Code(SCT, value, f"{level} vertebra"),
-                _rgb(212, 188, 102) if index % 2 == 0 else _rgb(240, 220, 150),
-                "TotalSeg" + (", DICOM CID 7151" if level != "S1" else ""),
-            )
-        )
-    return terms
-
-
-# Vertebrae from T10 to S1 (the levels of abdominal planning): SNOMED CT codes as
-# TotalSegmentator maps its vertebrae_* classes; all but S1 are also in DICOM CID 7151.
-VERTEBRA_CODES: tuple[tuple[str, str], ...] = (
-    ("T10", "7610001"),
-    ("T11", "12989004"),
-    ("T12", "23215003"),
-    ("L1", "66794005"),
-    ("L2", "14293000"),
-    ("L3", "36470004"),
-    ("L4", "11994002"),
-    ("L5", "49668003"),
-    ("S1", "65985001"),
-)
-
-
 # The five segmental arteries of a kidney (Graves' segments): key suffix and display name.
 SEGMENTAL_ARTERY_SEGMENTS: tuple[tuple[str, str], ...] = (
     ("apical", "apical"),
@@ -576,7 +125,51 @@ SEGMENTAL_ARTERY_SEGMENTS: tuple[tuple[str, str], ...] = (
     ("posterior", "posterior"),
 )
 
-STRUCTURES: dict[str, StructureTerm] = _build_table()
+TABLE_FOLDER = Path(__file__).resolve().parent
+STRUCTURES_FILE = TABLE_FOLDER / "structures.json"
+AI_LABELS_FILE = TABLE_FOLDER / "ai_labels.json"
+
+
+def _code_from_json(value: list[str] | None) -> Code | None:
+    return None if value is None else Code(*value)
+
+
+def _load_structures(path: Path = STRUCTURES_FILE) -> dict[str, StructureTerm]:
+    """The structure table from ``structures.json``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RuntimeError(f"SlicerVSP's terminology table {path} cannot be read: {error}") from error
+    table: dict[str, StructureTerm] = {}
+    for entry in data["structures"]:
+        key = entry["key"]
+        if key in table:
+            raise RuntimeError(f"{path}: duplicate structure key {key!r}")
+        table[key] = StructureTerm(
+            key=key,
+            name=entry["name"],
+            category=Code(*entry["category"]),
+            type=Code(*entry["type"]),
+            colour=tuple(c / 255.0 for c in entry["colour"]),  # type: ignore[arg-type]
+            modifier=_code_from_json(entry.get("modifier")),
+            region=_code_from_json(entry.get("region")),
+            region_modifier=_code_from_json(entry.get("region_modifier")),
+            parts=tuple(entry.get("parts", ())),
+            source=entry["source"],
+        )
+    for t in table.values():
+        missing = [part for part in t.parts if part not in table]
+        if missing:
+            raise RuntimeError(f"{path}: {t.key!r} has unknown parts {missing}")
+    return table
+
+
+STRUCTURES: dict[str, StructureTerm] = _load_structures()
+
+# The vertebrae's SNOMED CT codes as TotalSegmentator maps its vertebrae_* classes (level, code).
+VERTEBRA_CODES: tuple[tuple[str, str], ...] = tuple(
+    (key.split("_", 1)[1], t.type.value) for key, t in STRUCTURES.items() if key.startswith("vertebra_")
+)
 
 
 def term(key: str) -> StructureTerm:
@@ -591,6 +184,69 @@ def term(key: str) -> StructureTerm:
         ) from None
 
 
+@functools.lru_cache(maxsize=1)
+def slicer_logic():
+    """A terminologies logic for (de)serialising entries, created once per process.
+
+    It has no scene (so it loads none of Slicer's bundled terminology files); the application's
+    own logic (``app.terminologies_logic``) can be used instead where there is one.
+    """
+    import slicer
+
+    return slicer.vtkSlicerTerminologiesModuleLogic()
+
+
+def _set_code(target, code: Code | None) -> None:
+    if code is None:
+        target.Initialize()
+        return
+    target.SetCodingSchemeDesignator(code.scheme)
+    target.SetCodeValue(code.value)
+    target.SetCodeMeaning(code.meaning)
+
+
+def _get_code(source, subject: str) -> Code | None:
+    scheme, value, meaning = (
+        source.GetCodingSchemeDesignator() or "",
+        source.GetCodeValue() or "",
+        source.GetCodeMeaning() or "",
+    )
+    if not scheme and not value:
+        return None
+    if not scheme or not value or not meaning:
+        raise InputDataError(
+            f"has an incomplete code {scheme}^{value}^{meaning}",
+            subject=subject,
+            fix="every code needs a coding scheme, a value and a meaning (^^ when absent)",
+        )
+    return Code(scheme, value, meaning)
+
+
+def serialize_terminology_entry(
+    *,
+    category: Code | None,
+    type: Code | None,  # noqa: A002 - the DICOM name
+    modifier: Code | None = None,
+    region: Code | None = None,
+    region_modifier: Code | None = None,
+    context_name: str = TERMINOLOGY_CONTEXT,
+    region_context_name: str = REGION_CONTEXT,
+    logic=None,
+) -> str:
+    """Slicer's ``TerminologyEntry`` string for these codes, written by Slicer's terminology logic."""
+    import slicer
+
+    entry = slicer.vtkSlicerTerminologyEntry()
+    entry.SetTerminologyContextName(context_name)
+    entry.SetRegionContextName(region_context_name)
+    _set_code(entry.GetCategoryObject(), category)
+    _set_code(entry.GetTypeObject(), type)
+    _set_code(entry.GetTypeModifierObject(), modifier)
+    _set_code(entry.GetRegionObject(), region)
+    _set_code(entry.GetRegionModifierObject(), region_modifier)
+    return (logic or slicer_logic()).SerializeTerminologyEntry(entry)
+
+
 def terminology_entry(
     key_or_term: str | StructureTerm,
     *,
@@ -600,53 +256,44 @@ def terminology_entry(
     """The string Slicer stores in a segment's ``TerminologyEntry`` tag (Slicer 5.x format).
 
     ``context~category~type~typeModifier~regionContext~region~regionModifier``, each code as
-    ``scheme^value^meaning`` and an absent code as ``^^``.
+    ``scheme^value^meaning`` and an absent code as ``^^``; written by Slicer's terminology logic.
     """
     t = term(key_or_term) if isinstance(key_or_term, str) else key_or_term
-
-    def part(code: Code | None) -> str:
-        return code.serialized() if code is not None else "^^"
-
-    fields = [
-        context_name,
-        part(t.category),
-        part(t.type),
-        part(t.modifier),
-        region_context_name,
-        part(t.region),
-        part(t.region_modifier),
-    ]
-    return "~".join(fields)
+    return serialize_terminology_entry(
+        category=t.category,
+        type=t.type,
+        modifier=t.modifier,
+        region=t.region,
+        region_modifier=t.region_modifier,
+        context_name=context_name,
+        region_context_name=region_context_name,
+    )
 
 
-def parse_terminology_entry(entry: str) -> dict[str, Code | str | None]:
-    """Split a serialized terminology entry into its context names and codes (None if empty)."""
-    fields = entry.split("~")
-    if len(fields) != 7:
+def parse_terminology_entry(entry: str, *, subject: str = "terminology entry", logic=None) -> dict[str, Any]:
+    """A serialized terminology entry's context names and codes (None where absent).
+
+    Read by Slicer's ``DeserializeTerminologyEntry``; a malformed entry or an incomplete code is
+    an InputDataError naming ``subject``.
+    """
+    import slicer
+
+    parsed = slicer.vtkSlicerTerminologyEntry()
+    if not isinstance(entry, str) or not (logic or slicer_logic()).DeserializeTerminologyEntry(entry, parsed):
         raise InputDataError(
-            f"terminology entry has {len(fields)} fields, expected 7",
-            subject="terminology entry",
-            fix="use Slicer 5.x format context~category~type~modifier~regionContext~region~regionModifier",
+            f"has a terminology entry {entry!r} that Slicer cannot read",
+            subject=subject,
+            fix="use Slicer 5.x format context~category~type~modifier~regionContext~region~regionModifier, "
+            "each code scheme^value^meaning (^^ when absent)",
         )
-
-    def code(text: str) -> Code | None:
-        parts = text.split("^")
-        if len(parts) != 3:
-            raise InputDataError(
-                f"code {text!r} is not scheme^value^meaning",
-                subject="terminology entry",
-                fix="write each code as scheme^value^meaning, or ^^ when absent",
-            )
-        return None if not parts[0] and not parts[1] else Code(*parts)
-
     return {
-        "context": fields[0],
-        "category": code(fields[1]),
-        "type": code(fields[2]),
-        "modifier": code(fields[3]),
-        "region_context": fields[4],
-        "region": code(fields[5]),
-        "region_modifier": code(fields[6]),
+        "context": parsed.GetTerminologyContextName() or "",
+        "category": _get_code(parsed.GetCategoryObject(), subject),
+        "type": _get_code(parsed.GetTypeObject(), subject),
+        "modifier": _get_code(parsed.GetTypeModifierObject(), subject),
+        "region_context": parsed.GetRegionContextName() or "",
+        "region": _get_code(parsed.GetRegionObject(), subject),
+        "region_modifier": _get_code(parsed.GetRegionModifierObject(), subject),
     }
 
 
@@ -769,83 +416,37 @@ def _code_json(code: Code) -> dict[str, str]:
 # Labels of AI segmentation models
 # --------------------------------------------------------------------------------------------
 #
-# The names a model gives its labels, mapped to structure keys so that AI results get SNOMED CT
-# codes. Only names whose meaning is the structure's concept are mapped; anything else (lungs,
-# heart, "kidney" for both kidneys together, ...) maps to nothing rather than to a near miss.
-#
-# TotalSegmentator: class names from ``totalsegmentator/map_to_binary.py`` (tasks ``total``,
-# ``total_v1``, ``liver_vessels``, ``kidney_cysts``, ``renal_arteries``, ``tissue_types``,
-# ``abdominal_muscles``) and ``totalsegmentator_snomed_mapping.csv``, whose codes agree with the
-# table except subcutaneous fat (it codes SCT 67769002 "Subcutaneous fatty tissue"; the table
-# uses DICOM CID 7166's 71966008) and kidney cysts (it adds the side as a region modifier).
+# ``ai_labels.json``: the names a model gives its classes, mapped to structure keys so that AI
+# results get SNOMED CT codes, and the label value of each class in the model's label maps. A
+# name mapped to null stands for nothing of ours ("kidneys": both kidneys, no side).
 
-TOTALSEGMENTATOR_LABELS: dict[str, str] = {
-    "spleen": "spleen",
-    "kidney_right": "kidney_right",
-    "kidney_left": "kidney_left",
-    "gallbladder": "gallbladder",
-    "liver": "liver",
-    "pancreas": "pancreas",
-    "adrenal_gland_right": "adrenal_gland_right",
-    "adrenal_gland_left": "adrenal_gland_left",
-    "aorta": "aorta",
-    "inferior_vena_cava": "ivc",
-    "portal_vein_and_splenic_vein": "portal_vein_and_splenic_vein",
-    "kidney_cyst_left": "kidney_cyst",
-    "kidney_cyst_right": "kidney_cyst",
-    "sacrum": "sacrum",
-    **{f"vertebrae_{level}": f"vertebra_{level}" for level, _ in VERTEBRA_CODES},
-    "spinal_cord": "spinal_cord",
-    "iliopsoas_left": "psoas_left",
-    "iliopsoas_right": "psoas_right",
-    **{f"rib_{side}_{n}": f"rib_{side}" for side in _SIDES for n in range(1, 13)},
-    "ribs": "ribs",
-    "subcutaneous_fat": "subcutaneous_fat",
-    "torso_fat": "visceral_fat",
-    "liver_vessels": "liver_vessels",
-    "liver_tumor": "liver_tumour",
-    "renal_arteries": "renal_arteries",
-    "erector_spinae_left": "erector_spinae_left",
-    "erector_spinae_right": "erector_spinae_right",
+
+def _load_ai_labels(path: Path = AI_LABELS_FILE) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for family in ("totalsegmentator", "monai"):
+        tables = [data[family]] if family == "totalsegmentator" else list(data[family]["models"].values())
+        for table in tables:
+            for name, key in table["names"].items():
+                if key is not None and key not in STRUCTURES:
+                    raise RuntimeError(f"{path}: {family} label {name!r} maps to unknown structure {key!r}")
+    return data
+
+
+_AI = _load_ai_labels()
+
+TOTALSEGMENTATOR_LABELS: dict[str, str] = dict(_AI["totalsegmentator"]["names"])
+TOTALSEGMENTATOR_TABLES: dict[str, dict[str, int]] = {
+    task: dict(values) for task, values in _AI["totalsegmentator"]["label_values"].items()
 }
-
-# MONAI: label names of MONAI Label's radiology sample app (``lib/configs/*.py``) and of MONAI
-# model-zoo bundles (``configs/metadata.json`` channel_def), per model.
-_MONAI_ABDOMEN = (
-    "spleen kidney_right kidney_left gallbladder liver aorta inferior_vena_cava "
-    "portal_vein_and_splenic_vein pancreas adrenal_gland_right adrenal_gland_left"
-).split()
-_MONAI_TOTALSEG_V1 = (
-    _MONAI_ABDOMEN
-    + [f"vertebrae_{level}" for level in ("L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10")]
-    + ["sacrum", "iliopsoas_left", "iliopsoas_right"]
-    + [f"rib_{side}_{n}" for side in _SIDES for n in range(1, 13)]
-)
-
 MONAI_MODEL_LABELS: dict[str, dict[str, str]] = {
-    # radiology app "segmentation" (SegResNet, TotalSegmentator names) and its older UNet
-    # version with spelled-out names.
-    "segmentation": {
-        **{name: TOTALSEGMENTATOR_LABELS[name] for name in _MONAI_ABDOMEN},
-        "right kidney": "kidney_right",
-        "left kidney": "kidney_left",
-        "inferior vena cava": "ivc",
-        "portal vein and splenic vein": "portal_vein_and_splenic_vein",
-        "right adrenal gland": "adrenal_gland_right",
-        "left adrenal gland": "adrenal_gland_left",
-    },
-    "segmentation_spleen": {"spleen": "spleen"},
-    "spleen_ct_segmentation": {"spleen": "spleen"},
-    # radiology app "segmentation_full_CT" and the wholeBody_ct_segmentation bundle: the 104
-    # TotalSegmentator v1 classes.
-    "segmentation_full_CT": {name: TOTALSEGMENTATOR_LABELS[name] for name in _MONAI_TOTALSEG_V1},
-    "wholeBody_ct_segmentation": {name: TOTALSEGMENTATOR_LABELS[name] for name in _MONAI_TOTALSEG_V1},
-    # radiology app "kidney_tumor_segmentation": {"kidneys": 1, "tumor": 2}; "kidneys" (both,
-    # no side) has no structure of its own. "tumor" means a renal tumour only in this model.
-    "kidney_tumor_segmentation": {"tumor": "renal_tumour"},
+    model: {name: key for name, key in table["names"].items() if key is not None}
+    for model, table in _AI["monai"]["models"].items()
+}
+MONAI_LABEL_VALUES: dict[str, dict[str, int]] = {
+    model: dict(table["label_values"]) for model, table in _AI["monai"]["models"].items()
 }
 # Labels whose meaning depends on the model: matched only when the MONAI model is named.
-_MODEL_SPECIFIC_MONAI_LABELS = {"tumor"}
+_MODEL_SPECIFIC_MONAI_LABELS = set(_AI["monai"]["model_specific_names"])
 
 AI_MODELS = ("totalsegmentator", "monai")
 
@@ -898,6 +499,43 @@ def structure_for_ai_label(name: str, model: str | None = None) -> StructureTerm
     return None
 
 
+LABEL_MAP_TABLES = (
+    "totalsegmentator",
+    *(f"totalsegmentator:{task}" for task in TOTALSEGMENTATOR_TABLES),
+    "monai",
+    *(f"monai:{model}" for model in MONAI_LABEL_VALUES),
+)
+
+
+def model_label_values(model: str) -> tuple[dict[int, str], str]:
+    """{label value: class name} of a model's label maps, and the model family for name look-up.
+
+    ``model``: "totalsegmentator" (the ``total`` task, v2, 117 classes), "totalsegmentator:<task>"
+    ("total", "total_v1"), "monai" (MONAI Label's ``segmentation_full_CT``: TotalSegmentator v1
+    values) or "monai:<model>".
+    """
+    family, _, variant = model.strip().partition(":")
+    family = family.lower()
+    if family == "totalsegmentator":
+        task = variant or _AI["totalsegmentator"]["default_table"]
+        values = TOTALSEGMENTATOR_TABLES.get(task)
+        mapping_model = "totalsegmentator"
+    elif family == "monai":
+        monai_model = variant or _AI["monai"]["default_table"]
+        values = MONAI_LABEL_VALUES.get(monai_model)
+        mapping_model = f"monai:{monai_model}"
+    else:
+        values = None
+        mapping_model = ""
+    if values is None:
+        raise InputDataError(
+            f"unknown label table {model!r}",
+            subject="--labels",
+            fix=f"use one of: {', '.join(LABEL_MAP_TABLES)}, or a label file (ITK-SNAP, colour table, JSON)",
+        )
+    return {value: name for name, value in values.items()}, mapping_model
+
+
 # --------------------------------------------------------------------------------------------
 # The Slicer terminology context file
 # --------------------------------------------------------------------------------------------
@@ -906,7 +544,7 @@ CONTEXT_FILE = Path(__file__).resolve().parent / "SlicerVSP.term.json"
 
 
 def terminology_context_text() -> str:
-    """The text of ``data/SlicerVSP.term.json``: :func:`slicer_terminology_context` as JSON."""
+    """The text of ``SlicerVSP.term.json``: :func:`slicer_terminology_context` as JSON."""
     return json.dumps(slicer_terminology_context(), indent=2, ensure_ascii=False) + "\n"
 
 
@@ -924,11 +562,11 @@ def write_terminology_context(path: str | os.PathLike = CONTEXT_FILE) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m SurgicalPlanningLib.terminology --write | --check``."""
+    """``python -m VSPCoreLib.terminology --write | --check``."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m SurgicalPlanningLib.terminology",
+        prog="python -m VSPCoreLib.terminology",
         description="Regenerate or check SlicerVSP's Slicer terminology context file.",
     )
     action = parser.add_mutually_exclusive_group(required=True)
@@ -943,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     if current != terminology_context_text():
         print(
             f"{args.path} is out of date with the terminology table; "
-            "run `python -m SurgicalPlanningLib.terminology --write`",
+            "run `python -m VSPCoreLib.terminology --write`",
             file=sys.stderr,
         )
         return 1
