@@ -192,6 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     imp_seg.add_argument("--reference", type=Path, help="the source CT: DICOM folder or volume file")
     imp_seg.set_defaults(handler=_import_seg)
 
+    imp_lab = commands.add_parser(
+        "import-labels",
+        parents=[common],
+        help="import a label map (AI model result, ITK-SNAP, ...) as a coded segmentation",
+        description="Read a label map (NIfTI, NRRD, MHA; one integer value per class) with its label "
+        "table and save a segmentation with one segment per class present: SNOMED CT code "
+        "(TerminologyEntry), laterality and colour. Tables: totalsegmentator (the 'total' task, v2), "
+        "totalsegmentator:total_v1, monai (MONAI Label segmentation_full_CT / wholeBody bundle), "
+        "monai:<model>, or a file: ITK-SNAP label description, Slicer colour table (.ctbl/.txt), "
+        "JSON {name: value}. With --volume the label map is checked against the CT's grid and "
+        "resampled onto it (nearest neighbour, with a warning) when it differs.",
+    )
+    imp_lab.add_argument("labelmap", type=Path, help="the label map (.nii, .nii.gz, .nrrd, .mha)")
+    imp_lab.add_argument(
+        "--labels", required=True, help="totalsegmentator, monai, monai:<model>, ... or a label table file"
+    )
+    imp_lab.add_argument("--out", required=True, type=Path, help="output .seg.nrrd, .mrml or .mrb")
+    imp_lab.add_argument("--volume", type=Path, help="the CT (volume file or DICOM folder) it belongs to")
+    imp_lab.set_defaults(handler=_import_labels)
+
     seg = commands.add_parser(
         "segment",
         parents=[common],
@@ -321,15 +341,7 @@ def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     report_step = progress
     report_step(0.0, f"reading {args.segmentation.name}")
     segmentation_node = _load_segmentation_input(app, args.segmentation)
-    segment_ids = None
-    if args.segment:
-        segmentation = segmentation_node.GetSegmentation()
-        segment_ids = []
-        for name in args.segment:
-            segment_id = segmentation.GetSegmentIdBySegmentName(name)
-            if not segment_id:
-                raise VSPError(f"has no segment named {name!r}.", subject=str(args.segmentation))
-            segment_ids.append(segment_id)
+    segment_ids = _segment_ids_by_name(segmentation_node, args.segment, str(args.segmentation))
     algorithm = None
     if args.algorithm_type and args.algorithm_type != "MANUAL" or args.algorithm_name:
         algorithm = AlgorithmInfo(
@@ -376,6 +388,32 @@ def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         storage.save_node(node, args.out)
     progress.done()
     print(format_description({"saved": str(args.out), **describe_segmentation_node(node)}))
+    return 0
+
+
+def _import_labels(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.labels import import_label_map, load_label_table
+    from VSPCoreLib.progress import scaled
+
+    table = load_label_table(args.labels)  # a bad table fails before anything is read
+    app = VSPApplication.create_headless()
+    reference = None
+    if args.volume is not None:
+        reference = _load_volume_input(app, args.volume, scaled(progress, 0.0, 0.3))
+    progress(0.4, f"importing {args.labelmap.name}")
+    result = import_label_map(app, args.labelmap, table, reference_volume=reference)
+    _save_output(app, result.segmentation_node, args.out)
+    progress.done()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for item in result.imported:
+        code = item.structure_key or "unmapped (generic code)"
+        print(f"{item.value:>5}  {item.class_name:<32} -> {item.segment_name:<36} {code}")
+    print(
+        f"{len(result.imported)} classes imported ({len(result.unmapped)} without a code), "
+        f"{len(result.absent)} of the table's classes absent from the image; saved {args.out}"
+    )
     return 0
 
 
@@ -446,16 +484,13 @@ def _segment(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 
 def _segment_ids_by_name(segmentation_node, names: list[str] | None, subject: str) -> list[str] | None:
+    """Segment IDs by name: an ambiguous name is an error listing the matches, a missing one
+    lists the segments there are (VSPCoreLib.segments.find_segment)."""
+    from VSPCoreLib.segments import find_segments
+
     if not names:
         return None
-    segmentation = segmentation_node.GetSegmentation()
-    ids = []
-    for name in names:
-        segment_id = segmentation.GetSegmentIdBySegmentName(name)
-        if not segment_id:
-            raise VSPError(f"has no segment named {name!r}.", subject=subject)
-        ids.append(segment_id)
-    return ids
+    return find_segments(segmentation_node, names, subject=subject)
 
 
 def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:

@@ -33,6 +33,7 @@ from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
 from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix, volume_ijk_to_ras, vtk_matrix_to_array
 from VSPCoreLib.errors import InputDataError
+from VSPCoreLib.segments import SegmentNotFoundError, find_segment
 
 log = logging.getLogger(__name__)
 
@@ -621,8 +622,10 @@ class EditSession:
         segment = str(segment)
         if segmentation.GetSegment(segment) is not None:
             return segment
-        found = segmentation.GetSegmentIdBySegmentName(segment)
-        return found or None
+        try:  # by name: several segments of that name are an error listing them
+            return find_segment(self.segmentation_node, segment)
+        except SegmentNotFoundError:
+            return None
 
     def segment_id(self, segment) -> str:
         """A segment's ID from its ID or name; a clear error when there is none."""
