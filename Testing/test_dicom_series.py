@@ -27,7 +27,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from VSPCoreLib.dicom import series as dsr
+from VSPCoreLib import dicom as dsr
+from VSPCoreLib.dicom import decode as ddecode
+from VSPCoreLib.dicom import header as dheader
 from VSPCoreLib.errors import InputDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,13 +328,13 @@ def test_bits_stored_12_matches_simpleitk(tmp_path, signed):
 
 
 def test_bits_stored_12_signed_is_sign_extended():
-    h = dsr._FileHeader.__new__(dsr._FileHeader)
+    h = dheader._FileHeader.__new__(dheader._FileHeader)
     h.bits_stored, h.bits_allocated, h.pixel_representation = 12, 16, 1
     raw = np.array([0x0FFF, 0x0800, 0x07FF, 0xF001 & 0x0FFF], dtype=np.uint16).view(np.int16)
-    np.testing.assert_array_equal(dsr._mask_bits(raw, h), [-1, -2048, 2047, 1])
+    np.testing.assert_array_equal(ddecode._mask_bits(raw, h), [-1, -2048, 2047, 1])
     h.pixel_representation = 0
     raw = np.array([0xF123, 0x0FFF], dtype=np.uint16)  # high bits: an old overlay plane
-    np.testing.assert_array_equal(dsr._mask_bits(raw, h), [0x0123, 0x0FFF])
+    np.testing.assert_array_equal(ddecode._mask_bits(raw, h), [0x0123, 0x0FFF])
 
 
 # ------------------------------------------------------------------------------------------
@@ -563,10 +565,10 @@ def test_truncated_compressed_file_is_named(tmp_path):
     # The item walk behind pydicom's back: fragments that run past the end are caught too.
     header = dsr.scan_files([tmp_path / "slice000.dcm"])[0]._headers[0]
     whole = header.path.read_bytes()
-    dsr._check_encapsulated(header, whole)
+    ddecode._check_encapsulated(header, whole)
     for cut in (8, 100, len(whole) - header.encapsulated_offset - 4):
         with pytest.raises(InputDataError, match="truncated"):
-            dsr._check_encapsulated(header, whole[:-cut])
+            ddecode._check_encapsulated(header, whole[:-cut])
 
 
 def test_garbage_dicom_file_blocks_the_series_unless_ignored(tmp_path):
