@@ -78,6 +78,9 @@ class _FileHeader:
     encapsulated_offset: int | None  # file offset of the first item of encapsulated Pixel Data
     file_size: int
     functional_groups: bool
+    #: Keywords taken from the file meta information because the dataset's were empty or
+    #: missing (a real scanner quirk): "SOPClassUID", "SOPInstanceUID".
+    uids_from_meta: tuple[str, ...] = ()
 
 
 def _reason(exc: BaseException) -> str:
@@ -179,14 +182,24 @@ def _header_from_dataset(path: Path, ds: Any) -> _FileHeader:
             pixel_offset, pixel_length = int(tell), int(length)
     sop_class_uid = _raw_text(ds, "SOPClassUID")
     sop_instance_uid = _raw_text(ds, "SOPInstanceUID")
+    from_meta: list[str] = []
+    # Some scanners leave the dataset's SOP UIDs empty while the file meta information
+    # (Media Storage SOP Class/Instance UID, which must equal them) carries them.
+    if not sop_class_uid and meta is not None and _meta_text(meta, "MediaStorageSOPClassUID"):
+        sop_class_uid = _meta_text(meta, "MediaStorageSOPClassUID")
+        from_meta.append("SOPClassUID")
+    if not sop_instance_uid and meta is not None and _meta_text(meta, "MediaStorageSOPInstanceUID"):
+        sop_instance_uid = _meta_text(meta, "MediaStorageSOPInstanceUID")
+        from_meta.append("SOPInstanceUID")
     if not sop_class_uid and not sop_instance_uid:
-        # Every DICOM object has these (SOP Common module, type 1): without both the file is
-        # damaged, or garbage that happens to start like DICOM.
+        # Every DICOM object has these (SOP Common module, type 1): without both, in the dataset
+        # and in the file meta, the file is damaged, or garbage that happens to start like DICOM.
         # pydicom returns an empty dataset for a file cut inside encapsulated pixel data.
         raise ValueError(
             "no SOPClassUID or SOPInstanceUID could be read: the file is truncated or damaged"
             if len(ds) < 3
-            else "no SOPClassUID and no SOPInstanceUID: damaged or not a DICOM object"
+            else "no SOPClassUID and no SOPInstanceUID, neither in the dataset nor in the file meta "
+            "information: damaged or not a DICOM object"
         )
     position = _floats(ds, "ImagePositionPatient", 3)
     orientation = _floats(ds, "ImageOrientationPatient", 6)
@@ -225,7 +238,34 @@ def _header_from_dataset(path: Path, ds: Any) -> _FileHeader:
         encapsulated_offset=encapsulated_offset,
         file_size=path.stat().st_size,
         functional_groups="PerFrameFunctionalGroupsSequence" in ds,
+        uids_from_meta=tuple(from_meta),
     )
+
+
+def _meta_text(meta: Any, keyword: str) -> str:
+    value = meta.get(keyword)
+    return str(value).strip(" \x00") if value is not None else ""
+
+
+def _truncation(ds: Any, file_size: int) -> str | None:
+    """Why a parsed file is cut short, or None.
+
+    pydicom stops quietly at the end of a file cut inside its header and returns the elements
+    read so far (the last one shorter than its declared length). An element whose value runs
+    past the end of the file gives it away.
+    """
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        tell = getattr(elem, "value_tell", None)
+        length = getattr(elem, "length", None)
+        if tell is None or length is None or length == 0xFFFFFFFF:
+            continue
+        if int(tell) + int(length) > file_size:
+            return (
+                f"is truncated: element ({tag.group:04X},{tag.element:04X}) should end at byte "
+                f"{int(tell) + int(length)} but the file ends at byte {file_size}"
+            )
+    return None
 
 
 def _syntax_name(ts: str) -> str:

@@ -26,9 +26,11 @@ from .header import (
     PathLike,
     _FileHeader,
     _header_from_dataset,
+    _raw_text,
     _reason,
     _str,
     _syntax_name,
+    _truncation,
 )
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,12 @@ class SeriesInfo:
 
     @property
     def is_image_stack(self) -> bool:
-        """True when every file has pixel data and a position: a candidate volume."""
-        return bool(self._headers) and all(
-            h.has_pixel_data and h.rows and h.columns and h.position is not None for h in self._headers
-        )
+        """True when the series has images with a position: a candidate volume.
+
+        Files of the series that are not such images (no pixel data, no position) are named by
+        :func:`read_series`, which refuses them (or skips them with ``ignore_unreadable_files``).
+        """
+        return any(_is_slice(h) for h in self._headers)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for `vsp info`); no patient identifiers."""
@@ -97,6 +101,10 @@ class SeriesInfo:
             f"uid={self.series_uid} number={number} description={desc!r} modality={self.modality or '?'} "
             f"files={self.num_files} size={size}"
         )
+
+
+def _is_slice(h: _FileHeader) -> bool:
+    return bool(h.has_pixel_data and h.rows and h.columns and h.position is not None)
 
 
 class FolderScan(list):
@@ -222,9 +230,39 @@ def _read_header(path: Path) -> tuple[str, Any]:
             return "skip", None
         if not has_preamble and "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
             return "skip", None
-        return "header", _header_from_dataset(path, ds)
+        truncated = _truncation(ds, path.stat().st_size)
+        if truncated:
+            uid_elem = ds.get_item("SeriesInstanceUID", keep_deferred=True)
+            intact = uid_elem is not None and (
+                int(getattr(uid_elem, "value_tell", 0) or 0) + int(getattr(uid_elem, "length", 0) or 0)
+                <= path.stat().st_size
+            )
+            # A SeriesInstanceUID cut short is no UID: the file may belong to any series.
+            return "unreadable", (truncated, (_raw_text(ds, "SeriesInstanceUID") or None) if intact else None)
+        header = _header_from_dataset(path, ds)
+        if not header.has_pixel_data and _is_image_class(header.sop_class_uid):
+            # Pixel Data comes last: an image without it was cut short (or stored without it).
+            return "unreadable", (
+                f"has no Pixel Data: the {_class_name(header.sop_class_uid)} file is cut short "
+                "(truncated) or was stored without its pixels",
+                header.series_uid or None,
+            )
+        return "header", header
     except Exception as exc:
         return "unreadable", (_reason(exc), _str(ds, "SeriesInstanceUID") or None)
+
+
+def _class_name(sop_class_uid: str) -> str:
+    try:
+        name = pydicom.uid.UID(sop_class_uid).name
+    except Exception:
+        name = sop_class_uid
+    return name or "DICOM"
+
+
+def _is_image_class(sop_class_uid: str) -> bool:
+    """True for image storage SOP classes (CT, MR, ... Image Storage): they must have pixels."""
+    return "Image Storage" in _class_name(sop_class_uid)
 
 
 def _salvage_series_uid(path: Path) -> str | None:
@@ -266,6 +304,18 @@ def _make_series(key: Any, members: list[_FileHeader]) -> SeriesInfo:
         series_uid = key
     members = _sorted_headers(members)
     first = members[0]
+    from_meta = sorted({k for h in members for k in h.uids_from_meta})
+    if from_meta:
+        count = sum(bool(h.uids_from_meta) for h in members)
+        notes.append(
+            f"{' and '.join(from_meta)} empty or missing in the dataset of {count} file(s): taken from "
+            "the file meta information (MediaStorageSOPClassUID/MediaStorageSOPInstanceUID)."
+        )
+    if any(not h.study_uid for h in members):
+        notes.append(
+            f"StudyInstanceUID missing or empty in {sum(not h.study_uid for h in members)} file(s); "
+            "objects written from this series (e.g. a DICOM SEG) get a generated one."
+        )
 
     def distinct(attr: str) -> list[Any]:
         return sorted({getattr(h, attr) for h in members}, key=str)

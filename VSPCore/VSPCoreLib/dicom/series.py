@@ -33,7 +33,9 @@ Nothing here logs or reports patient names or IDs: messages carry file names and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -134,6 +136,7 @@ def read_series(
     series_uid: str | None = None,
     allow_irregular_spacing: bool = False,
     ignore_unreadable_files: bool = False,
+    allow_non_ct: bool = False,
     max_workers: int = 4,
     progress: ProgressCallback | None = None,
 ) -> DicomVolume:
@@ -144,15 +147,24 @@ def read_series(
     ``allow_irregular_spacing``: resample a stack with a missing slice or uneven spacing onto a
     uniform grid (with a warning) instead of refusing it.
     ``ignore_unreadable_files``: go on when some DICOM files in the folder cannot be parsed and
-    cannot be shown to belong to another series (by default that is an error: one of them
-    could be a slice of this series).
+    cannot be shown to belong to another series, and skip files of this series that are not
+    images with a position (by default both are errors naming each file: one of them could be a
+    slice of this series). Each skipped file is named in a warning.
+    ``allow_non_ct``: import a series that is not CT (e.g. MR) or whose rescale makes no sense
+    (RescaleSlope 0: the stored values are used as they are), with a warning that the values
+    are not Hounsfield units. By default such a series is refused.
     """
     subject = _subject(path_or_files)
     scan = _scan_input(path_or_files, scaled(progress, 0.0, 0.25))
     series = _choose_series(scan, series_uid, subject)
     warnings_out: list[str] = []
     _check_unreadable(scan, series, subject, ignore_unreadable_files, warnings_out)
-    headers = _deduplicate(series._headers, warnings_out)
+    warnings_out.extend(
+        note for note in series.notes if "taken from the file meta" in note or "missing or empty" in note
+    )
+    headers = _usable_slices(series, subject, ignore_unreadable_files, warnings_out)
+    headers = _check_modality_and_rescale(headers, series, subject, allow_non_ct, warnings_out)
+    headers = _deduplicate(headers, warnings_out)
     geometry = _plan_geometry(headers, series, subject, allow_irregular_spacing, warnings_out)
     headers = geometry.headers
     _check_decodable(headers)
@@ -286,9 +298,87 @@ def _check_unreadable(
             f"{series.series_uid}: {listing}{more}.",
             subject=str(relevant[0][0]),
             fix="Replace the damaged file(s) with an intact export of the series (or remove them), "
-            "or pass ignore_unreadable_files=True if they do not belong to this series.",
+            "or pass ignore_unreadable_files=True (vsp: --ignore-unreadable-files) to skip them.",
         )
-    warnings_out.append(f"ignored {len(relevant)} unreadable DICOM file(s): {listing}{more}")
+    for p, reason in relevant:
+        warnings_out.append(f"skipped unreadable DICOM file {p} ({reason})")
+
+
+def _usable_slices(
+    series: SeriesInfo, subject: str, ignore: bool, warnings_out: list[str]
+) -> list[_FileHeader]:
+    """The series' files that are images with a position; the others are named (error or skip)."""
+    kept: list[_FileHeader] = []
+    bad: list[tuple[_FileHeader, str]] = []
+    for h in series._headers:
+        missing = [
+            name
+            for name, value in (
+                ("Pixel Data", h.has_pixel_data),
+                ("Rows/Columns", h.rows and h.columns),
+                ("ImagePositionPatient", h.position is not None),
+            )
+            if not value
+        ]
+        if missing:
+            bad.append((h, f"has no {', no '.join(missing)}: not an image slice"))
+        else:
+            kept.append(h)
+    if not bad:
+        return kept
+    listing = "; ".join(f"{h.path} ({why})" for h, why in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if not ignore or not kept:
+        raise InputDataError(
+            f"{len(bad)} file(s) of series {series.series_uid} cannot be used as slices: {listing}{more}.",
+            subject=str(bad[0][0].path) if len(bad) == 1 else subject,
+            fix="Replace them with complete images of the series, or remove them; or pass "
+            "ignore_unreadable_files=True (vsp: --ignore-unreadable-files) to skip them.",
+        )
+    for h, why in bad:
+        warnings_out.append(f"skipped {h.path}: it {why}")
+    return kept
+
+
+def _check_modality_and_rescale(
+    headers: list[_FileHeader], series: SeriesInfo, subject: str, allow: bool, warnings_out: list[str]
+) -> list[_FileHeader]:
+    """Refuse (or, with ``allow``, flag) what would not give meaningful Hounsfield units."""
+    modalities = sorted({h.modality or "?" for h in headers})
+    if modalities != ["CT"]:
+        what = "/".join(modalities)
+        if not allow:
+            raise InputDataError(
+                f"series {series.series_uid} is {what}, not CT: its values are not Hounsfield units, "
+                "so HU thresholds, windows and statistics would be wrong.",
+                subject=subject,
+                fix="Choose the CT series of the study (vsp info lists them with their modality), or "
+                "pass allow_non_ct=True (vsp: --allow-non-ct) to import it anyway.",
+            )
+        warnings_out.append(
+            f"modality {what}, not CT, imported on request (allow_non_ct): the voxel values are not "
+            "Hounsfield units; HU-based tools (thresholds, HU statistics) are not meaningful on it."
+        )
+    bad = [h for h in headers if h.slope == 0 or not math.isfinite(h.slope) or not math.isfinite(h.intercept)]
+    if bad:
+        example = bad[0]
+        if not allow:
+            raise InputDataError(
+                f"{len(bad)} file(s) of series {series.series_uid} have a rescale that makes no sense "
+                f"(RescaleSlope {example.slope}, RescaleIntercept {example.intercept}; e.g. "
+                f"{example.path}): every voxel would get the same value.",
+                subject=str(example.path),
+                fix="Re-export the series from the scanner or PACS (the header is damaged), or pass "
+                "allow_non_ct=True (vsp: --allow-non-ct) to import the stored values as they are.",
+            )
+        ids = {id(h) for h in bad}
+        headers = [dataclasses.replace(h, slope=1.0, intercept=0.0) if id(h) in ids else h for h in headers]
+        warnings_out.append(
+            f"{len(bad)} file(s) with RescaleSlope {example.slope} (e.g. {example.path}) imported on "
+            "request (allow_non_ct) with their stored values (slope 1, intercept 0): the voxel values "
+            "are not Hounsfield units."
+        )
+    return headers
 
 
 def _deduplicate(headers: list[_FileHeader], warnings_out: list[str]) -> list[_FileHeader]:

@@ -1,8 +1,11 @@
 """Write the synthetic phantom as a CT DICOM series (with awkward variants) or as NRRD files.
 
 The DICOM variants exist to test importers: different transfer syntaxes, instance numbers that
-run against the slice positions, a missing slice, an oblique acquisition and a tilted gantry
-(a sheared stack). :func:`series_geometry` gives the exact LPS position of every phantom voxel
+run against the slice positions, a missing slice, an oblique acquisition, a tilted gantry
+(a sheared stack) and ``variant="real-quirks"``: what a real scanner export looked like (empty
+SOP Class/Instance, Study and Series Instance UIDs in the dataset while the file meta keeps the
+SOP UIDs, JPEG 2000, instance numbers against the slice positions, SliceThickness 1.5 x the
+slice spacing, e.g. 3 mm slices 2 mm apart). :func:`series_geometry` gives the exact LPS position of every phantom voxel
 in what was written, so a test can check where, e.g., the tumour must land after import.
 """
 
@@ -35,6 +38,11 @@ TRANSFER_SYNTAXES = {
     "rle": "1.2.840.10008.1.2.5",
 }
 DEFAULT_SERIES_DESCRIPTION = "VSP phantom CT abdomen arterial phase"
+
+#: ``write_dicom_series(variant=...)``: "standard", or "real-quirks" (see the module docstring).
+VARIANTS = ("standard", "real-quirks")
+#: SliceThickness / slice spacing in the "real-quirks" variant (3 mm slices 2 mm apart).
+REAL_QUIRKS_THICKNESS_RATIO = 1.5
 
 MAX_GANTRY_TILT_DEG = 30.0  # what real CT gantries can do
 MAX_OBLIQUE_DEG = 60.0
@@ -106,6 +114,7 @@ def series_uid(
     oblique_deg: float = 0.0,
     gantry_tilt_deg: float = 0.0,
     pixel_representation: int = 0,
+    variant: str = "standard",
 ) -> str:
     """The SeriesInstanceUID write_dicom_series uses: the phantom's own for the plain series.
 
@@ -114,16 +123,18 @@ def series_uid(
     """
     from pydicom.uid import generate_uid
 
-    variant = (
+    key = (
         bool(reverse_instance_order),
         tuple(sorted({int(k) for k in drop_slices})),
         round(float(oblique_deg), 6),
         round(float(gantry_tilt_deg), 6),
         int(pixel_representation),
     )
-    if variant == (False, (), 0.0, 0.0, 0):
+    if variant == "standard" and key == (False, (), 0.0, 0.0, 0):
         return phantom.patient.series_uid
-    return generate_uid(entropy_srcs=[phantom.patient.series_uid, repr(variant)])
+    if variant != "standard":
+        key = (*key, variant)
+    return generate_uid(entropy_srcs=[phantom.patient.series_uid, repr(key)])
 
 
 def write_dicom_series(
@@ -138,6 +149,7 @@ def write_dicom_series(
     series_description: str = DEFAULT_SERIES_DESCRIPTION,
     series_number: int = 1,
     pixel_representation: int = 0,
+    variant: str = "standard",
     progress: ProgressCallback | None = None,
 ) -> list[Path]:
     """Write the phantom's CT as a CT Image Storage series into ``out_dir``; returns the files.
@@ -145,9 +157,23 @@ def write_dicom_series(
     Stored values are HU + 1024 (RescaleIntercept -1024, slope 1), unsigned 16-bit by default
     (``pixel_representation=1`` stores them signed). File names are hashes of the SOP Instance
     UIDs, so they say nothing about slice order. Files are returned in phantom slice order.
+
+    ``variant="real-quirks"`` writes what a real scanner export looked like: JPEG 2000 (whatever
+    ``transfer_syntax`` says), instance numbers running against the slice positions, SliceThickness
+    1.5 x the slice spacing (use a phantom with 2 mm slice spacing for 3 mm slices 2 mm apart),
+    and empty SOPClassUID, SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID in every
+    dataset; the file meta information still carries the SOP Class and Instance UIDs.
     """
     from pydicom.uid import generate_uid
 
+    if variant not in VARIANTS:
+        raise InputDataError(
+            f"unknown DICOM variant {variant!r}", subject="variant", fix=f"use one of: {', '.join(VARIANTS)}"
+        )
+    quirks = variant == "real-quirks"
+    if quirks:
+        transfer_syntax = "jpeg2000"
+        reverse_instance_order = True
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise InputDataError(
             f"unknown transfer syntax {transfer_syntax!r}",
@@ -184,6 +210,7 @@ def write_dicom_series(
         oblique_deg=oblique_deg,
         gantry_tilt_deg=gantry_tilt_deg,
         pixel_representation=pixel_representation,
+        variant=variant,
     )
     sop_uids = {k: generate_uid(entropy_srcs=[uid, "instance", str(k)]) for k in kept}
     names = {k: _file_name(sop_uids[k]) for k in kept}
@@ -209,6 +236,8 @@ def write_dicom_series(
         pixel_representation,
         gantry_tilt_deg,
     )
+    if quirks:
+        common["SliceThickness"] = _ds(REAL_QUIRKS_THICKNESS_RATIO * float(phantom.spacing_mm[2]))
     paths: list[Path] = []
     # GDCM's JPEG Lossless encoder works through files: one scratch folder for the series.
     with tempfile.TemporaryDirectory(prefix="vsp-dicom-") as scratch:
@@ -226,6 +255,7 @@ def write_dicom_series(
                     geometry,
                     normal,
                     pixel_representation,
+                    empty_uids=quirks,
                 )
             )
             report(progress, (n + 1) / len(kept), f"Writing DICOM slice {n + 1} of {len(kept)}")
@@ -243,13 +273,19 @@ def _write_slice(
     geometry: np.ndarray,
     normal: np.ndarray,
     pixel_representation: int,
+    *,
+    empty_uids: bool = False,
 ) -> Path:
-    """Encode and write slice k of the phantom."""
+    """Encode and write slice k of the phantom (``empty_uids``: blank the dataset's UIDs)."""
     position = geometry @ np.array([0.0, 0.0, float(k), 1.0])
     stored = phantom.ct_hu[k].astype(np.int32) - int(RESCALE_INTERCEPT)
     stored = stored.astype(np.int16 if pixel_representation else np.uint16)
     ds = _slice_dataset(common, sop_uid, instance, position[:3], float(position[:3] @ normal))
     encoder(ds, stored)
+    if empty_uids:
+        # As seen in a real export: the file meta keeps MediaStorageSOPClass/InstanceUID.
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(ds, keyword, "")
     _save_atomically(ds, path)
     return path
 
