@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="for a DICOM folder: list the series from their headers, without reading the voxels",
     )
+    info.add_argument(
+        "--allow-non-ct",
+        action="store_true",
+        help="read series that are not CT (e.g. MR) or have RescaleSlope 0 too (values are not HU)",
+    )
     info.set_defaults(handler=_info)
 
     imp = commands.add_parser(
@@ -151,7 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--ignore-unreadable-files",
         action="store_true",
-        help="skip files that cannot be read instead of stopping",
+        help="skip files that cannot be read (damaged, truncated, without pixel data, not an image) "
+        "instead of stopping; each skipped file is named in a warning",
+    )
+    imp.add_argument(
+        "--allow-non-ct",
+        action="store_true",
+        help="import a series that is not CT (e.g. MR) or whose RescaleSlope is 0 (stored values "
+        "kept); a warning says the values are not Hounsfield units",
     )
     imp.set_defaults(handler=_import_dicom)
 
@@ -288,7 +300,9 @@ def _demo(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 def _info(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from .info import describe, format_description
 
-    description = describe(args.path, progress=progress, read_voxels=not args.headers_only)
+    description = describe(
+        args.path, progress=progress, read_voxels=not args.headers_only, allow_non_ct=args.allow_non_ct
+    )
     progress.done()
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
@@ -308,6 +322,7 @@ def _import_dicom(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         series_uid=args.series_uid,
         allow_irregular_spacing=args.allow_irregular_spacing,
         ignore_unreadable_files=args.ignore_unreadable_files,
+        allow_non_ct=args.allow_non_ct,
         progress=progress,
     )
     out = args.out

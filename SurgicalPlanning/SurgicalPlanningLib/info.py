@@ -98,42 +98,95 @@ def describe_node(node) -> dict:
 
 
 def describe_dicom_folder(
-    folder: Path, *, progress: ProgressCallback | None = None, read_voxels: bool = True
+    folder: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    read_voxels: bool = True,
+    only_file: Path | None = None,
+    allow_non_ct: bool = False,
 ) -> dict:
     """The series in a folder; with `read_voxels`, each image series is also read through the
-    importer, so that its geometry and any problem (a missing slice, a tilt) are reported."""
+    importer, so that its geometry and any problem (a missing slice, a tilt) are reported.
+
+    With `only_file`, only the series that file belongs to. A folder without any DICOM series
+    (empty, or only unreadable files) is an error that names what was found.
+    """
     from VSPCoreLib.dicom import read_series, scan_folder, volume_geometry_summary
     from VSPCoreLib.errors import VSPError
     from VSPCoreLib.progress import scaled
 
     scan = scan_folder(folder, progress=scaled(progress, 0.0, 0.3 if read_voxels else 1.0))
+    unreadable = list(scan.unreadable)
+    chosen = list(scan)
+    if only_file is not None:
+        target = only_file.resolve()
+        chosen = [s for s in scan if any(Path(f).resolve() == target for f in s.files)]
+        unreadable = [u for u in unreadable if Path(u[0]).resolve() == target]
+        if not chosen:
+            if unreadable:
+                raise InputDataError(
+                    f"cannot be read as DICOM ({unreadable[0][1]}).",
+                    subject=str(only_file),
+                    fix="The file is damaged or incomplete: copy or export it again from the scanner or PACS.",
+                )
+            raise InputDataError(
+                "is not a DICOM file (or a DICOMDIR).",
+                subject=str(only_file),
+                fix="Pass a DICOM image file or the folder of a series.",
+            )
+    if not chosen:
+        found = f"{scan.files_seen} file(s) looked at, {scan.skipped_non_dicom} not DICOM"
+        if unreadable:
+            listing = "; ".join(f"{p} ({reason})" for p, reason, _ in unreadable[:10])
+            more = f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+            raise InputDataError(
+                f"holds no readable DICOM series ({found}); {len(unreadable)} DICOM file(s) could not "
+                f"be read: {listing}{more}.",
+                subject=str(folder),
+                fix="Replace the damaged files with an intact export of the series.",
+            )
+        raise InputDataError(
+            f"holds no DICOM files ({found}).",
+            subject=str(folder),
+            fix="Point to the folder (or a file) of a DICOM series.",
+        )
     series = []
-    image_series = {s.series_uid for s in scan.image_series()} if read_voxels else set()
-    for index, info in enumerate(scan):
+    image_series = {s.series_uid for s in chosen if s.is_image_stack} if read_voxels else set()
+    for index, info in enumerate(chosen):
         entry = info.to_dict()
         if info.series_uid in image_series:
-            step = scaled(progress, 0.3 + 0.7 * index / len(scan), 0.3 + 0.7 * (index + 1) / len(scan))
+            step = scaled(progress, 0.3 + 0.7 * index / len(chosen), 0.3 + 0.7 * (index + 1) / len(chosen))
             try:
-                volume = read_series(info.files, series_uid=info.series_uid, progress=step)
+                volume = read_series(
+                    info.files, series_uid=info.series_uid, allow_non_ct=allow_non_ct, progress=step
+                )
                 entry["geometry"] = volume_geometry_summary(volume)
             except VSPError as error:
                 entry["problem"] = str(error)
         series.append(entry)
     description = {"kind": "dicom folder", "path": str(folder), "series": series}
-    if scan.skipped_non_dicom:
+    if only_file is not None:
+        description = {"kind": "dicom file", "path": str(only_file), "series": series}
+    elif scan.skipped_non_dicom:
         description["skipped_non_dicom_files"] = scan.skipped_non_dicom
-    if scan.unreadable:
-        description["unreadable_files"] = [{"file": str(p), "reason": r} for p, r, _ in scan.unreadable]
+    if unreadable:
+        description["unreadable_files"] = [{"file": str(p), "reason": r} for p, r, _ in unreadable]
     return description
 
 
 def describe(
-    path: str | os.PathLike, *, progress: ProgressCallback | None = None, read_voxels: bool = True
+    path: str | os.PathLike,
+    *,
+    progress: ProgressCallback | None = None,
+    read_voxels: bool = True,
+    allow_non_ct: bool = False,
 ) -> dict:
-    """A JSON-able description of what `path` holds."""
+    """A JSON-able description of what `path` holds (a DICOM file: its own series only)."""
     path = Path(path)
     if path.is_dir():
-        return describe_dicom_folder(path, progress=progress, read_voxels=read_voxels)
+        return describe_dicom_folder(
+            path, progress=progress, read_voxels=read_voxels, allow_non_ct=allow_non_ct
+        )
     if not path.is_file():
         raise InputDataError("no such file or folder.", subject=str(path), fix="check the path.")
     if path.suffix.lower() in (".mrml", ".mrb"):
@@ -142,9 +195,9 @@ def describe(
         nodes = [describe_node(node) for node in storage.storable_nodes(app.scene)]
         return {"kind": "scene", "path": str(path), "nodes": nodes}
     if path.suffix.lower() == ".dcm" or _looks_like_dicom(path):
-        return describe_dicom_folder(path.parent, progress=progress, read_voxels=read_voxels) | {
-            "note": f"{path.name} is in this folder"
-        }
+        return describe_dicom_folder(
+            path.parent, progress=progress, read_voxels=read_voxels, only_file=path, allow_non_ct=allow_non_ct
+        )
     app = VSPApplication.create_headless()
     return {"path": str(path), **describe_node(storage.load_file(app, path))}
 

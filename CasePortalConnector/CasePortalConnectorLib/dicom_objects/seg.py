@@ -36,12 +36,13 @@ are silenced around the calls that see patient modules.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,80 @@ def _quiet() -> Iterator[None]:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        # str(KeyError('')) is "''": say what was looked up, not a bare key.
+        key = exc.args[0] if exc.args else ""
+        return f"a value was missing or empty where one was required (KeyError on {key!r})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _meta_uid(ds: Dataset, keyword: str) -> str:
+    meta = getattr(ds, "file_meta", None)
+    value = meta.get(keyword) if meta is not None else None
+    return str(value).strip() if value is not None else ""
+
+
+def _complete_source_uids(members: list[tuple[str, Dataset]]) -> tuple[list[tuple[str, Dataset]], list[str]]:
+    """Source headers with every UID a SEG copies or references filled in, and what was done.
+
+    Real scanner exports may leave the dataset's SOP Class/Instance UIDs empty (the file meta
+    still has them: taken from there) and the Study/Series Instance UIDs empty (then a valid UID
+    is derived from the instances' UIDs, the same on every export of this series, and the note
+    says so). Datasets are copied before they are changed; the caller's are left alone.
+    """
+    notes: list[str] = []
+    fixed: list[tuple[str, Dataset]] = []
+    from_meta = 0
+    for name, ds in members:
+        changes: dict[str, str] = {}
+        for keyword, meta_keyword in (
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        ):
+            if not str(ds.get(keyword, "") or "").strip():
+                value = _meta_uid(ds, meta_keyword)
+                if not value:
+                    raise DicomObjectError(
+                        f"has no {keyword}, neither in the dataset nor in the file meta information "
+                        f"({meta_keyword}); a SEG must reference every source image by its UIDs.",
+                        subject=name,
+                        fix="re-export the source series from the scanner or PACS with complete headers.",
+                    )
+                changes[keyword] = value
+        if changes:
+            from_meta += 1
+            ds = copy.deepcopy(ds)
+            for keyword, value in changes.items():
+                setattr(ds, keyword, value)
+        fixed.append((name, ds))
+    if from_meta:
+        notes.append(
+            f"SOP Class/Instance UIDs empty in {from_meta} source file(s): taken from their file meta "
+            "information."
+        )
+    instance_uids = sorted(str(ds.SOPInstanceUID) for _, ds in fixed)
+    for keyword, label in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series")):
+        missing = [n for n, (_, ds) in enumerate(fixed) if not str(ds.get(keyword, "") or "").strip()]
+        if not missing:
+            continue
+        present = {str(ds.get(keyword)).strip() for _, ds in fixed if str(ds.get(keyword, "") or "").strip()}
+        if len(present) == 1:
+            value = present.pop()
+            how = "the UID the other files of the series carry"
+        else:
+            value = pydicom.uid.generate_uid(entropy_srcs=["SlicerVSP source " + label, *instance_uids])
+            how = (
+                f"a generated {label} UID ({value}, derived from the instances' SOP Instance UIDs, so the "
+                "same on every export of this series); it matches no study or series in the PACS"
+            )
+        for n in missing:
+            name, ds = fixed[n]
+            ds = copy.deepcopy(ds)
+            setattr(ds, keyword, value)
+            fixed[n] = (name, ds)
+        notes.append(f"{keyword} empty in {len(missing)} source file(s): the SEG uses {how}.")
+    return fixed, notes
 
 
 def _image_geometry(image: slicer.vtkOrientedImageData) -> tuple[np.ndarray, np.ndarray | None]:
@@ -364,6 +437,7 @@ class _SourceSeries:
     planes: list[np.ndarray]  # (column, row, 0) -> RAS per slice, slice order
     series_uid: str
     frame_of_reference_uid: str
+    notes: list[str] = field(default_factory=list)  # UIDs completed (see _complete_source_uids)
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -432,6 +506,12 @@ def _source_series(
             subject=subject,
             fix="give the CT or MR series the segmentation was made on.",
         )
+    if "" in by_series:
+        # Files without SeriesInstanceUID: the importer names such a series "NOUID-<hash>".
+        if series_uid is not None and series_uid.startswith("NOUID-") and series_uid not in by_series:
+            series_uid = ""
+        if preferred_series_uid.startswith("NOUID-"):
+            preferred_series_uid = ""
     if series_uid is not None:
         if series_uid not in by_series:
             raise DicomObjectError(
@@ -450,6 +530,7 @@ def _source_series(
         )
     else:
         series_uid, members = next(iter(by_series.items()))
+    members, uid_notes = _complete_source_uids(members)
     first_name, first = members[0]
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomObjectError(
@@ -513,8 +594,9 @@ def _source_series(
         rows=rows,
         columns=columns,
         planes=planes,
-        series_uid=series_uid,
+        series_uid=str(members[0][1].SeriesInstanceUID),
         frame_of_reference_uid=frame_of_reference,
+        notes=uid_notes,
     )
 
 
@@ -788,7 +870,7 @@ def export_seg(
         for n, segment_id in enumerate(ids)
     ]
     masks, notes = _segment_masks(segmentation_node, ids, series)
-    for note in notes:
+    for note in [*series.notes, *notes]:
         log.warning("SEG export of %s: %s", subject, note)
     if not masks.any():
         raise DicomObjectError(
@@ -833,9 +915,10 @@ def export_seg(
         raise
     except Exception as exc:
         raise DicomObjectError(
-            f"highdicom could not build the SEG ({_reason(exc)}).",
+            f"highdicom could not build the SEG on source series {series.series_uid} ({_reason(exc)}).",
             subject=subject,
-            fix="check the segments' terminology and the source series.",
+            fix="check the source series' headers (UIDs, geometry, patient/study modules) and the "
+            "segments' terminology; run `vsp info` on the source folder to see its notes.",
         ) from exc
     try:
         with atomic_path(out_path) as temporary, _quiet():
