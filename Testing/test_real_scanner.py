@@ -273,7 +273,13 @@ def assert_dcmqi_matches(meta: dict, images: dict, truth_lps: sitk.Image, masks:
         structure = next(term(k) for k in masks if term(k).name == name)
         assert attribute["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == structure.type.value
         assert attribute["SegmentedPropertyCategoryCodeSequence"]["CodeValue"] == structure.category.value
-        image = images[attribute["labelID"]] if attribute["labelID"] in images else images[len(images) and 1]
+        assert (
+            attribute["SegmentedPropertyTypeCodeSequence"]["CodingSchemeDesignator"] == structure.type.scheme
+        )
+        modifier = attribute.get("SegmentedPropertyTypeModifierCodeSequence")
+        assert (modifier or {}).get("CodeValue") == (structure.modifier.value if structure.modifier else None)
+        # One file per segment, named by its number, holding that number as the label value.
+        image = images[attribute["labelID"]]
         mask = sitk.GetImageFromArray(masks[structure.key].astype(np.uint8))
         mask.CopyInformation(truth_lps)
         on_dcmqi_grid = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
