@@ -84,6 +84,10 @@ class _FileHeader:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        # str(KeyError('')) is "''": say what was looked up, not a bare key.
+        key = exc.args[0] if exc.args else ""
+        return f"a required value was missing or empty (KeyError on {key!r})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
