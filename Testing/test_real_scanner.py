@@ -424,6 +424,11 @@ def test_vsp_info_on_an_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not dicom")
     code, _, err = vsp("info", tmp_path, capsys=capsys)
     assert code == 2 and "1 not DICOM" in err
+    # Only damaged DICOM files: an error too, naming each with its reason.
+    damaged = tmp_path / "damaged.dcm"
+    damaged.write_bytes(b"\0" * 128 + b"DICM" + bytes(range(256)) * 4)
+    code, _, err = vsp("info", tmp_path, capsys=capsys)
+    assert code == 2 and "holds no readable DICOM series" in err and str(damaged) in err
 
 
 def test_vsp_info_on_a_file_describes_its_series_only(small_phantom, tmp_path, capsys):
