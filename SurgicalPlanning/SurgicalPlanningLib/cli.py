@@ -1,15 +1,23 @@
 """`vsp`: the headless command line over the same code as the Slicer panels.
 
 Exit codes: 0 success, 2 a problem with the input or the request (the message says which input
-and how to fix it), 3 an internal error (a bug: please report it with the `--debug` output).
+and how to fix it), 3 an internal error (a bug: please report it with the `--debug` output),
+130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; interrupted runs remove their
+temporary files and leave no output half-written.
+
+Every command checks its outputs against its inputs before any work (`_outputs`): an output
+never replaces an input, nor a file vsp did not write; one run per output at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,6 +36,13 @@ SIZES = {
 
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+# Tests only: when set, the run pauses (up to 5 minutes) at the first progress message that
+# contains this text, after saying so on stderr, so that a test can interrupt it there. Unset
+# (always, outside the tests), it does nothing.
+TEST_HOLD_ENV = "VSP_TEST_HOLD"
 
 
 class ConsoleProgress:
@@ -40,8 +55,13 @@ class ConsoleProgress:
         self.tty = self.stream.isatty()
         self._start = time.monotonic()
         self._last_fraction, self._last_time = -1.0, -10.0
+        self._hold = os.environ.get(TEST_HOLD_ENV) or None
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self._hold and self._hold in message:
+            self._hold = None
+            print(f"vsp: test hold at {message!r} ({TEST_HOLD_ENV})", file=sys.stderr, flush=True)
+            time.sleep(300)
         if not self.enabled:
             return
         now = time.monotonic()
@@ -289,8 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from VSPCoreLib.files import Output
+
     from .sample_case import run_demo
 
+    _outputs(args, [], [Output(args.out, folder=True)])
     result = run_demo(args.out, shape=args.size, seed=args.seed, progress=progress)
     progress.done()
     print(result.text_summary())
@@ -312,9 +335,15 @@ def _import_dicom(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from VSPCoreLib import storage
     from VSPCoreLib.app import VSPApplication
     from VSPCoreLib.dicom import load_series, volume_geometry_summary
+    from VSPCoreLib.files import Output
 
     from .info import format_description
 
+    _outputs(
+        args,
+        [("FOLDER", args.folder)],
+        [Output(args.out, suffixes=(*storage.VOLUME_SUFFIXES, *SCENE_SUFFIXES), what="a volume or a scene")],
+    )
     app = VSPApplication.create_headless()
     node, volume = load_series(
         app.scene,
@@ -351,7 +380,10 @@ def _load_segmentation_input(app, path: Path):
 def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from CasePortalConnectorLib.dicom_objects import AlgorithmInfo, export_seg
     from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.files import Output, scene_inputs
 
+    inputs = [*scene_inputs("SEGMENTATION", args.segmentation), ("--dicom", args.dicom)]
+    _outputs(args, inputs, [Output(args.out, suffixes=(".dcm",), what="a DICOM SEG file")])
     app = VSPApplication.create_headless()
     report_step = progress
     report_step(0.0, f"reading {args.segmentation.name}")
@@ -384,9 +416,12 @@ def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from CasePortalConnectorLib.dicom_objects import import_seg
     from VSPCoreLib import storage
     from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.files import Output, scene_inputs
 
     from .info import describe_segmentation_node, format_description
 
+    inputs = [("SEG", args.seg), *scene_inputs("--reference", args.reference)]
+    _outputs(args, inputs, [Output(args.out, suffixes=SEGMENTATION_OUT, what="a segmentation or a scene")])
     app = VSPApplication.create_headless()
     reference = None
     if args.reference is not None:
@@ -463,11 +498,18 @@ def _save_output(app, node, out: Path) -> None:
 
 def _segment(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.files import Output, scene_inputs
     from VSPCoreLib.progress import scaled
 
     from .segmentation.editing import EditSession
     from .segmentation.recipe import check_step, load_recipe, run_recipe
 
+    inputs = [
+        *scene_inputs("--volume", args.volume),
+        *scene_inputs("--input", args.input),
+        ("--recipe", args.recipe),
+    ]
+    _outputs(args, inputs, [Output(args.out, suffixes=SEGMENTATION_OUT, what="a segmentation or a scene")])
     steps = load_recipe(args.recipe) if args.recipe else []
     for text in args.step:
         try:
@@ -510,10 +552,13 @@ def _segment_ids_by_name(segmentation_node, names: list[str] | None, subject: st
 
 def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.files import Output, scene_inputs
     from VSPCoreLib.progress import scaled
 
     from .segmentation.statistics import compute_segment_statistics, to_json
 
+    inputs = [*scene_inputs("SEGMENTATION", args.segmentation), *scene_inputs("--volume", args.volume)]
+    _outputs(args, inputs, [Output(args.json, option="--json", suffixes=(".json",), what="JSON")])
     app = VSPApplication.create_headless()
     volume = _load_volume_input(app, args.volume, scaled(progress, 0.0, 0.3)) if args.volume else None
     segmentation_node = _load_segmentation_input(app, args.segmentation)
@@ -563,13 +608,17 @@ def _compare(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 
 def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
-    from VSPCoreLib import storage
+    from VSPCoreLib import files, storage
     from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.files import Output, scene_inputs
     from VSPCoreLib.progress import scaled
 
     from .plan import comparison_rows, load_plan_file, save_plan_file
     from .planning import PlanningInputs, compute_plan, key_comparison
 
+    written = ("plan.json", "comparison.json", "comparison.csv", "Plan.mrb")
+    inputs = [*scene_inputs("SCENE", args.scene), ("--plan", args.plan)]
+    _outputs(args, inputs, [Output(args.out, folder=True, writes=written)])
     plan = load_plan_file(args.plan)
     app = VSPApplication.create_headless()
     progress(0.0, f"loading {args.scene.name}")
@@ -598,17 +647,30 @@ def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
             writer.writerows(rows)
     progress(0.9, "saving the plan scene")
     storage.save_scene(app, args.out / "Plan.mrb")
+    files.record_written(args.out, written)  # a later plan run may replace these, nothing else
     progress.done()
     names = [v.name for v in plan.variants]
-    print(f"{'metric':<46}" + "".join(f"{name[:22]:>24}" for name in names))
-    for row in key_comparison(plan):
-        cells = "".join(f"{_cell(row[name]):>24}" for name in names)
-        print(f"{row['metric']:<46}{cells}")
+    print(_table(key_comparison(plan), names))
     for variant in plan.variants:
         for warning in variant.results.get("warnings", []):
             print(f"warning ({variant.name}): {warning}", file=sys.stderr)
     print(f"wrote {args.out / 'plan.json'}, comparison.json/.csv and Plan.mrb")
     return 0
+
+
+def _table(rows: list[dict], names: list[str]) -> str:
+    """The comparison as a text table whose columns never run together: each column is as wide
+    as its longest cell, two spaces apart."""
+    header = ["metric", *names]
+    body = [[str(row["metric"]), *[_cell(row.get(name)) for name in names]] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = []
+    for line in [header, *body]:
+        cells = [line[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 def _cell(value) -> str:
@@ -632,6 +694,61 @@ def _plan_segmentation(app, name: str, scene_path: Path):
     return nodes.GetItemAsObject(0)
 
 
+# --- outputs, interruptions and the run -----------------------------------------------------
+
+SCENE_SUFFIXES = (".mrml", ".mrb")
+SEGMENTATION_OUT = (".seg.nrrd", *SCENE_SUFFIXES)
+
+
+def _outputs(args: argparse.Namespace, inputs, outputs) -> None:
+    """Before any work: refuse an output that would replace an input (or a file vsp did not
+    write), or has the wrong suffix; then hold each output for this run (a second run into it
+    is refused, naming this one) and protect the inputs from any write until the end."""
+    from VSPCoreLib import files
+
+    outputs = [output for output in outputs if output.path is not None]
+    files.check_outputs(inputs, outputs)
+    stack: contextlib.ExitStack = args._resources
+    for output in outputs:
+        stack.enter_context(
+            files.output_lock(output.path, folder=output.folder, command=f"vsp {args.command}")
+        )
+    stack.enter_context(files.protected_inputs(inputs))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: unwind like Ctrl-C, so every `finally` cleans up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, _frame):
+    # Further signals must not cut the cleanup short.
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_handled():
+    """SIGTERM is handled like SIGINT (cleanup, a message, exit 143 or 130)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, _on_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -642,26 +759,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT
+    from VSPCoreLib import files, toolkit_log
+
+    toolkit_log.install()  # VTK's and ITK's messages go to the log (--debug), not the screen
     progress = ConsoleProgress(enabled=not args.quiet)
-    try:
-        return args.handler(args, progress)
-    except VSPError as error:
-        progress.done()
-        print(f"vsp {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        print(f"vsp {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence: say it is a bug
-        progress.done()
-        if args.debug:
-            raise
-        print(
-            f"vsp {args.command}: internal error: {type(error).__name__}: {error}. "
-            "This is a bug in SlicerVSP; run again with --debug and report the output.",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+    mark = files.temporaries_mark()
+    with _signals_handled(), toolkit_log.native_stdout_to_stderr():
+        try:
+            with contextlib.ExitStack() as resources:
+                args._resources = resources
+                return args.handler(args, progress)
+        except VSPError as error:
+            progress.done()
+            print(f"vsp {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_INPUT
+        except KeyboardInterrupt as interruption:
+            signum = getattr(interruption, "signum", signal.SIGINT)
+            name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+            progress.done()
+            print(
+                f"vsp {args.command}: stopped by {name}; temporary files were removed and no output "
+                "was left half-written. Run the command again to redo it.",
+                file=sys.stderr,
+            )
+            return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        except Exception as error:  # noqa: BLE001 - the last line of defence: say it is a bug
+            progress.done()
+            if args.debug:
+                raise
+            print(
+                f"vsp {args.command}: internal error: {type(error).__name__}: {error}. "
+                "This is a bug in SlicerVSP; run again with --debug and report the output.",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL
+        finally:
+            files.remove_temporaries(since=mark)  # also after a failure or an interruption
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,24 +252,64 @@ DEMO_OUTPUTS = ("case", "scene", f"{SCENE_NAME}.mrb", "summary.json")
 
 
 def _prepare_demo_folder(out_dir: Path) -> None:
-    """An empty folder, or one that holds an earlier demo (replaced); anything else is refused."""
+    """A new or empty folder, or one that holds only an earlier demo's own files (their names,
+    sizes and times in `.vsp-written.json`); a file the demo did not write there (a user's, or
+    one changed since) is never replaced or deleted: the run is refused and nothing changes."""
+    from VSPCoreLib import files
+
     if out_dir.exists() and not out_dir.is_dir():
         raise InputDataError(
             "is a file, not a folder.", subject=str(out_dir), fix="choose a folder for --out."
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = {entry.name for entry in out_dir.iterdir()}
-    if not entries:
-        return
-    if not entries <= set(DEMO_OUTPUTS) or not (out_dir / "case" / CASE_FILE).is_file():
+    files.clear_stale_partials(out_dir)  # staging folders of killed runs
+    foreign = files.foreign_files(out_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InputDataError(
-            "is not empty and does not hold an earlier demo; nothing was changed.",
+            f"holds files the demo did not write ({shown}); nothing was changed.",
             subject=str(out_dir),
-            fix="choose an empty or new folder for --out.",
+            fix="move those files away, or choose an empty or new folder for --out.",
         )
-    for name in entries:  # an earlier demo: replace it whole, never mix two cases
-        path = out_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _commit_demo(staging: Path, out_dir: Path) -> None:
+    """Replace the earlier demo's files with the new ones, so that a kill at any moment leaves
+    only files the manifest names (a rerun can always clear them)."""
+    from VSPCoreLib import files
+
+    old = files.read_manifest(out_dir)
+    new = files.stamps(staging)  # a rename keeps size and time
+    files.write_manifest(out_dir, {**old, **new})
+    for relative, entry in old.items():
+        path = out_dir / relative
+        if path.is_file() and files.stamp(path) == entry:
+            path.unlink()
+    folders = [p for p in out_dir.rglob("*") if p.is_dir() and not p.is_symlink()]
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if not any(part.startswith(".partial-") for part in folder.relative_to(out_dir).parts):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    for entry in staging.iterdir():
+        _move_into(entry, out_dir / entry.name)
+    files.write_manifest(out_dir, new)
+
+
+def _move_into(source: Path, target: Path) -> None:
+    """Move a staged file or folder into place; into an existing folder file by file. A file
+    already there (one that appeared while the demo ran) is never replaced."""
+    if not target.exists():
+        os.replace(source, target)
+    elif target.is_dir() and source.is_dir():
+        for child in source.iterdir():
+            _move_into(child, target / child.name)
+    else:
+        raise InputDataError(
+            "appeared while the demo ran and is not the demo's; it was left as it is, and the new "
+            "demo is not complete here.",
+            subject=str(target),
+            fix="move that file away and run the demo again.",
+        )
 
 
 def run_demo(
@@ -279,13 +320,36 @@ def run_demo(
     progress: ProgressCallback | None = None,
     app: VSPApplication | None = None,
 ) -> DemoResult:
-    """Make the sample case, load it headless, save the scene (.mrml and .mrb) and a summary."""
+    """Make the sample case, load it headless, save the scene (.mrml and .mrb) and a summary.
+
+    Everything is made in a private staging folder inside `out_dir` (`.partial-<host>-<pid>-*`)
+    and moved into place at the end, so an interrupted run leaves the earlier demo as it was;
+    one run per folder at a time (`.vsp-lock`).
+    """
+    from VSPCoreLib import files
+
     out_dir = Path(out_dir).resolve()
-    _prepare_demo_folder(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputDataError(
+            "is a file, not a folder.", subject=str(out_dir), fix="choose a folder for --out."
+        )
+    with files.output_lock(out_dir, folder=True, command="vsp demo"):
+        _prepare_demo_folder(out_dir)
+        staging = Path(tempfile.mkdtemp(prefix=files.partial_prefix(), dir=out_dir))
+        try:
+            result = _make_demo(staging, out_dir, shape=shape, seed=seed, progress=progress, app=app)
+            _commit_demo(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    report(progress, 1.0, "done")
+    return result
+
+
+def _make_demo(staging: Path, out_dir: Path, *, shape, seed, progress, app) -> DemoResult:
     app = app or VSPApplication.create_headless()
     timings = {}
     start = time.perf_counter()
-    case = create_sample_case(out_dir / "case", shape=shape, seed=seed, progress=scaled(progress, 0.0, 0.6))
+    case = create_sample_case(staging / "case", shape=shape, seed=seed, progress=scaled(progress, 0.0, 0.6))
     timings["create"] = time.perf_counter() - start
     t = time.perf_counter()
     loaded = load_sample_case(app, case.case_dir, progress=scaled(progress, 0.6, 0.8))
@@ -305,22 +369,28 @@ def run_demo(
     timings["plan"] = time.perf_counter() - t
     t = time.perf_counter()
     report(progress, 0.85, "saving the scene")
-    scene_mrml = storage.save_scene(app, out_dir / "scene" / f"{SCENE_NAME}.mrml")
+    storage.save_scene(app, staging / "scene" / f"{SCENE_NAME}.mrml")
     report(progress, 0.9, "saving the scene bundle")
-    scene_mrb = storage.save_scene(app, out_dir / f"{SCENE_NAME}.mrb")
+    storage.save_scene(app, staging / f"{SCENE_NAME}.mrb")
     timings["save"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
+    # The summary names the files where they will be once moved into place.
+    final = {
+        "case": out_dir / "case",
+        "mrml": out_dir / "scene" / f"{SCENE_NAME}.mrml",
+        "mrb": out_dir / f"{SCENE_NAME}.mrb",
+        "plan": out_dir / "case" / plan_json.name,
+        "summary": out_dir / "summary.json",
+    }
     summary = {
         "software": f"SlicerVSP {__version__}",
-        "case": str(case.case_dir),
+        "case": str(final["case"]),
         "seed": seed,
         **loaded.summary,
-        "scene": {"mrml": str(scene_mrml), "mrb": str(scene_mrb)},
-        "plan": {"file": str(plan_json), "comparison": key_comparison(plan)},
+        "scene": {"mrml": str(final["mrml"]), "mrb": str(final["mrb"])},
+        "plan": {"file": str(final["plan"]), "comparison": key_comparison(plan)},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
-    summary_json = out_dir / "summary.json"
-    with storage.atomic_path(summary_json) as temporary:
+    with storage.atomic_path(staging / "summary.json") as temporary:
         temporary.write_text(json.dumps(summary, indent=2))
-    report(progress, 1.0, "done")
-    return DemoResult(out_dir, scene_mrml, scene_mrb, summary_json, summary)
+    return DemoResult(out_dir, final["mrml"], final["mrb"], final["summary"], summary)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 
@@ -66,7 +65,20 @@ class VSPApplication:
 
     @classmethod
     def create_headless(cls) -> VSPApplication:
-        """A new, independent headless application with its own scene."""
+        """A new, independent headless application with its own scene.
+
+        Its cache folder (`vsp-cache-<pid>-*` in the temporary folder; Slicer unpacks `.mrb`
+        bundles there, so it holds patient data) is removed when the application goes away or
+        the process exits; the first application of a process also removes the cache folders
+        of processes that were killed.
+        """
+        from . import toolkit_log
+        from .files import clear_stale_temporaries, temporary_directory
+
+        toolkit_log.install()
+        if not _swept:
+            clear_stale_temporaries()
+            _swept.append(True)
         scene = slicer.vtkMRMLScene()
         crosshair = slicer.vtkMRMLCrosshairNode()
         crosshair.SetCrosshairName("default")
@@ -95,7 +107,7 @@ class VSPApplication:
                 logic.SetMRMLScene(scene)
             app_logic.SetModuleLogic(name, logic)
             app._logics[name] = logic
-        app._attach_cache(tempfile.mkdtemp(prefix="vsp-cache-"))
+        app._attach_cache(str(temporary_directory("cache")))
         register_converter_rules()
         app.load_terminology()
         return app
@@ -172,6 +184,7 @@ class VSPApplication:
 
 
 _application: VSPApplication | None = None
+_swept: list[bool] = []  # the start-up sweep of stale temporary folders ran in this process
 
 
 def in_slicer_desktop() -> bool:

@@ -9,12 +9,14 @@ header convention, so that a left kidney stays on the patient's left in every to
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import slicer
 import vtk
 
+from . import files
 from .app import VSPApplication
 from .errors import InputDataError, VSPError
 from .files import atomic_path, copy_into, temporary_directory  # noqa: F401 (re-exported)
@@ -23,6 +25,8 @@ VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".seg.nhdr")
 MODEL_SUFFIXES = (".stl", ".obj", ".vtk", ".vtp", ".ply")
 MARKUPS_SUFFIXES = (".mrk.json",)
+
+log = logging.getLogger(__name__)
 
 # Coordinate systems of files (MRML itself is always RAS).
 LPS = slicer.vtkMRMLStorageNode.CoordinateSystemLPS
@@ -56,8 +60,17 @@ def _messages() -> slicer.vtkMRMLMessageCollection:
 
 
 def _message_text(messages: slicer.vtkMRMLMessageCollection) -> str:
+    """The gist of what Slicer said, in one line (the whole text goes to the debug log)."""
     text = messages.GetAllMessagesAsString().strip()
-    return f" Slicer said: {text}" if text else ""
+    if not text:
+        return ""
+    log.debug("Slicer said: %s", text)
+    lines = [line.strip().removeprefix("- ").removeprefix("Error: ").strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    gist = lines[-1] if lines else ""
+    if len(gist) > 200:
+        gist = gist[:197] + "..."
+    return f" Slicer said: {gist}" if gist else ""
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -196,8 +209,22 @@ def _default_file_name(node) -> str:
     else:
         storage = node.GetStorageNode() or node.CreateDefaultStorageNode()
         extension = (storage.GetDefaultWriteFileExtension() if storage is not None else None) or "nrrd"
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in node.GetName()) or "node"
-    return f"{safe}.{extension}"
+    return f"{_safe_name(node.GetName())}.{extension}"
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "node"
+
+
+def _free_for_us(path: Path, written: dict) -> bool:
+    """A data file name this save may use: absent, or written by this suite and unchanged, and
+    not an input of the running command."""
+    if files.is_protected(path):
+        return False
+    if not path.exists():
+        return True
+    entry = written.get(path.name)
+    return bool(entry) and path.is_file() and files.stamp(path) == entry
 
 
 def storable_nodes(scene: slicer.vtkMRMLScene) -> list:
@@ -228,17 +255,26 @@ def save_scene(app: VSPApplication, path: str | os.PathLike) -> Path:
     if path.suffix.lower() != ".mrml":
         raise VSPError("a scene is saved as .mrml or .mrb.", subject=str(path), fix="change the suffix.")
 
+    # Data files go into Data/ beside the scene, named after the scene and the node, so that
+    # two scenes saved into one folder never share (and overwrite) a data file. A file there
+    # that this suite did not write (Data/.vsp-written.json says which it did) or an input of
+    # the running command is never replaced: the node gets a free name instead.
     data_dir = path.parent / "Data"
+    scene_stem = _safe_name(_stem(path))
+    written = files.read_manifest(data_dir) if data_dir.is_dir() else {}
     used: set[str] = set()
+    saved: list[Path] = []
     for node in storable_nodes(scene):
-        name = _default_file_name(node)
+        name = f"{scene_stem}_{_default_file_name(node)}"
         stem, dot, extension = name.partition(".")
         candidate, counter = name, 1
-        while candidate in used:
+        while candidate in used or not _free_for_us(data_dir / candidate, written):
             candidate = f"{stem}_{counter}{dot}{extension}"
             counter += 1
         used.add(candidate)
-        save_node(node, data_dir / candidate)
+        saved.append(save_node(node, data_dir / candidate))
+    if saved:
+        files.record_written(data_dir, saved)
     # Data file names in the .mrml are relative to the scene's own folder: produce the XML for
     # the final location, then write it atomically.
     scene.SetRootDirectory(str(path.parent))

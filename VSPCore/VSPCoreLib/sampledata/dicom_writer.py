@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import terminology
 from ..errors import InputDataError, VSPError
+from ..files import temporary_prefix
 from ..progress import ProgressCallback, report
 from .phantom import Phantom
 
@@ -240,7 +241,7 @@ def write_dicom_series(
         common["SliceThickness"] = _ds(REAL_QUIRKS_THICKNESS_RATIO * float(phantom.spacing_mm[2]))
     paths: list[Path] = []
     # GDCM's JPEG Lossless encoder works through files: one scratch folder for the series.
-    with tempfile.TemporaryDirectory(prefix="vsp-dicom-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=temporary_prefix("dicom")) as scratch:
         encoder = _encoder(transfer_syntax, Path(scratch))
         for n, k in enumerate(kept):
             paths.append(
