@@ -39,9 +39,9 @@ EXIT_INTERNAL = 3
 EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
 EXIT_SIGTERM = 143  # 128 + SIGTERM
 
-# Tests only: when set, the run pauses (up to 5 minutes) at the first progress message that
-# contains this text, after saying so on stderr, so that a test can interrupt it there. Unset
-# (always, outside the tests), it does nothing.
+# Tests only: when set, the run pauses (VSP_TEST_HOLD_S seconds, default 300) at the first
+# progress message that contains this text, after saying so on stderr, so that a test can
+# interrupt it in a known phase. Unset (always, outside the tests), it does nothing.
 TEST_HOLD_ENV = "VSP_TEST_HOLD"
 
 
@@ -61,7 +61,7 @@ class ConsoleProgress:
         if self._hold and self._hold in message:
             self._hold = None
             print(f"vsp: test hold at {message!r} ({TEST_HOLD_ENV})", file=sys.stderr, flush=True)
-            time.sleep(300)
+            time.sleep(float(os.environ.get("VSP_TEST_HOLD_S", "300")))
         if not self.enabled:
             return
         now = time.monotonic()
