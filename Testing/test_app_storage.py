@@ -329,7 +329,7 @@ def test_scene_round_trip_keeps_every_node_geometry_and_terminology(tmp_path, su
 def test_scene_with_a_missing_data_file_is_an_error(app, tmp_path):
     _populate(app)
     path = storage.save_scene(app, tmp_path / "scene.mrml")
-    (tmp_path / "Data" / "ct.nrrd").unlink()
+    (tmp_path / "Data" / "scene_ct.nrrd").unlink()  # data files are named after their scene
     from VSPCoreLib.app import VSPApplication
 
     with pytest.raises(InputDataError, match="scene.mrml"):

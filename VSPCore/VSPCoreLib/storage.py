@@ -76,11 +76,39 @@ def _message_text(messages: slicer.vtkMRMLMessageCollection) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 
+def _check_image_header(path: Path, kind: str) -> None:
+    """Read the image header with SimpleITK first: an empty or corrupt file becomes one clear
+    error here, where Slicer's readers would print pages of messages or, for a broken
+    segmentation header, abort the process."""
+    import SimpleITK as sitk
+
+    if path.stat().st_size == 0:
+        raise InputDataError(
+            f"is an empty file (0 bytes), not a {kind}.",
+            subject=str(path),
+            fix="copy or export the file again; it was probably cut short.",
+        )
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        log.debug("SimpleITK could not read %s: %s", path, error)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        gist = lines[-1][:200] if lines else "unreadable header"
+        raise InputDataError(
+            f"could not be read as a {kind}: its header is damaged or not an image ({gist}).",
+            subject=str(path),
+            fix="check that the file is complete and really is the image it is named as; export it again.",
+        ) from None
+
+
 def load_volume(
     app: VSPApplication, path: str | os.PathLike, *, name: str | None = None, labelmap: bool = False
 ) -> slicer.vtkMRMLScalarVolumeNode:
     """A scalar (or label map) volume from NRRD, NIfTI or MHA, with its geometry in RAS."""
     path = _existing_file(path, "volume", VOLUME_SUFFIXES)
+    _check_image_header(path, "volume")
     messages = _messages()
     options = 1 if labelmap else 0  # bit 0 of loadingOptions: label map
     file_list = vtk.vtkStringArray()
@@ -99,6 +127,7 @@ def load_segmentation(
 ) -> slicer.vtkMRMLSegmentationNode:
     """A segmentation from `.seg.nrrd`, with segment names, colours and terminology."""
     path = _existing_file(path, "segmentation", SEGMENTATION_SUFFIXES)
+    _check_image_header(path, "segmentation")
     messages = _messages()
     node = app.segmentations_logic.LoadSegmentationFromFile(
         str(path), True, name or _stem(path), None, messages
@@ -186,15 +215,23 @@ def save_node(node, path: str | os.PathLike, *, coordinate_system: int = LPS) ->
         node.SetAndObserveStorageNodeID(storage.GetID())
     if hasattr(storage, "SetCoordinateSystem"):
         storage.SetCoordinateSystem(coordinate_system)
+    if not storage.SupportedFileType(path.name):
+        default = storage.GetDefaultWriteFileExtension() or "nrrd"
+        raise VSPError(
+            f"Slicer does not write {node.GetClassName()} {node.GetName()!r} as {''.join(path.suffixes) or 'a file without a suffix'}.",
+            subject=str(path),
+            fix=f"name the file with a suffix Slicer writes for this data, e.g. {path.name.split('.')[0]}.{default}.",
+        )
     with atomic_path(path) as temporary:
         storage.SetFileName(str(temporary))
         ok = storage.WriteData(node)
         if not ok or not temporary.is_file():
             storage.SetFileName(str(path))
             raise VSPError(
-                f"Slicer could not write {node.GetClassName()} {node.GetName()!r}.",
+                f"Slicer could not write {node.GetClassName()} {node.GetName()!r}."
+                + (_message_text(storage.GetUserMessages()) if hasattr(storage, "GetUserMessages") else ""),
                 subject=str(path),
-                fix="check that the folder is writable and the disk is not full.",
+                fix="check that the folder is writable and has free space.",
             )
     storage.SetFileName(str(path))
     return path
