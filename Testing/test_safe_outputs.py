@@ -264,3 +264,17 @@ def test_toolkit_messages_reach_the_debug_log(tmp_path, caplog, capfd):
     assert all("\n" not in m for m in messages)
     printed = capfd.readouterr()
     assert "missing.vtp" not in printed.out and "missing.vtp" not in printed.err
+
+
+def test_plan_comparison_table_columns_never_run_together():
+    from SurgicalPlanningLib.cli import _table
+
+    names = ["a very long variant name that goes on and on", "b"]
+    rows = [
+        {"metric": "resection.remnant_fraction_of_the_whole_organ_percent", names[0]: 12345.678, "b": None}
+    ]
+    header, line = _table(rows, names).splitlines()
+    assert line.split("  ")[0].strip() == rows[0]["metric"]
+    cells = [cell for cell in line.split("  ") if cell.strip()]
+    assert [c.strip() for c in cells] == [rows[0]["metric"], "12345.68", "-"]
+    assert len(header) == len(line)  # columns line up

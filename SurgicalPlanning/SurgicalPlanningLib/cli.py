@@ -624,6 +624,7 @@ def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     progress(0.0, f"loading {args.scene.name}")
     storage.load_scene(app, args.scene)
     volume = app.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    _remove_earlier_resections(app.scene)  # Plan.mrb holds this plan's resections only
     segmentation = _plan_segmentation(app, plan.case.segmentation, args.scene)
     if volume is None:
         raise VSPError("the scene holds no CT volume.", subject=str(args.scene), fix="load the case scene.")
@@ -671,6 +672,43 @@ def _table(rows: list[dict], names: list[str]) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _remove_earlier_resections(scene) -> int:
+    """Remove the resections an earlier plan left in the input scene (its planner nodes, the
+    planes, surfaces and regions they made), so the new plan's are not shown beside stale ones.
+    The CT, the segmentation and anything else of the case stay."""
+    planners = []
+    nodes = scene.GetNodesByClass("vtkMRMLScriptedModuleNode")
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        if node.GetAttribute("SlicerVSP.Role") == "resection planner":
+            planners.append(node)
+    doomed = {}
+    for planner in planners:
+        doomed[planner.GetID()] = planner
+        for n in range(planner.GetNumberOfNodeReferenceRoles()):
+            role = planner.GetNthNodeReferenceRole(n)
+            if role == "segmentation":
+                continue
+            for k in range(planner.GetNumberOfNodeReferences(role)):
+                node = planner.GetNthNodeReference(role, k)
+                if node is not None:
+                    doomed[node.GetID()] = node
+        prefix = planner.GetName().removesuffix(" planner") + " "
+        for index in range(scene.GetNumberOfNodes()):
+            node = scene.GetNthNode(index)
+            if node.IsA("vtkMRMLDisplayableNode") and (node.GetName() or "").startswith(prefix):
+                doomed[node.GetID()] = node
+    for node in doomed.values():
+        if node.IsA("vtkMRMLDisplayableNode"):
+            for display in [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]:
+                if display is not None:
+                    scene.RemoveNode(display)
+        if node.IsA("vtkMRMLStorableNode") and node.GetStorageNode() is not None:
+            scene.RemoveNode(node.GetStorageNode())
+        scene.RemoveNode(node)
+    return len(doomed)
 
 
 def _cell(value) -> str:
