@@ -446,6 +446,12 @@ def _import_labels(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from VSPCoreLib.labels import import_label_map, load_label_table
     from VSPCoreLib.progress import scaled
 
+    from VSPCoreLib.files import Output, scene_inputs
+
+    inputs = [("LABELMAP", args.labelmap), *scene_inputs("--volume", args.volume)]
+    if Path(args.labels).is_file():
+        inputs.append(("--labels", Path(args.labels)))
+    _outputs(args, inputs, [Output(args.out, suffixes=SEGMENTATION_OUT, what="a segmentation or a scene")])
     table = load_label_table(args.labels)  # a bad table fails before anything is read
     app = VSPApplication.create_headless()
     reference = None
