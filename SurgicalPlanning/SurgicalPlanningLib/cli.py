@@ -443,10 +443,9 @@ def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
 
 def _import_labels(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     from VSPCoreLib.app import VSPApplication
+    from VSPCoreLib.files import Output, scene_inputs
     from VSPCoreLib.labels import import_label_map, load_label_table
     from VSPCoreLib.progress import scaled
-
-    from VSPCoreLib.files import Output, scene_inputs
 
     inputs = [("LABELMAP", args.labelmap), *scene_inputs("--volume", args.volume)]
     if Path(args.labels).is_file():
