@@ -631,9 +631,7 @@ def _override_structures(plan, segmentation, args: argparse.Namespace) -> None:
     from .structures import StructureRef, resolve
 
     if args.organ:
-        match = resolve(
-            segmentation, StructureRef.from_text(args.organ), what="organ", field_name="--organ"
-        )
+        match = resolve(segmentation, StructureRef.from_text(args.organ), what="organ", field_name="--organ")
         plan.case.organ = match.ref
     if args.tumour and args.tumour.strip().lower() == "none":
         plan.case.tumour, plan.case.tumour_key = None, ""

@@ -351,7 +351,13 @@ class Plan:
                 fix="update SlicerVSP.",
             )
         case = _require(data, "case", "plan", dict)
-        reference = CaseReference.from_json(case)
+        try:
+            reference = CaseReference.from_json(case)
+        except PlanFormatError:
+            raise
+        except InputDataError as error:
+            check_schema(data)  # the schema's own message names the field (and the closest one)
+            raise PlanFormatError(error.message, subject="plan", fix=error.fix) from None
         variants = []
         for n, item in enumerate(_require(data, "variants", "plan", list)):
             where = f"plan.variants[{n}]"
@@ -434,22 +440,33 @@ def check_schema(data: Any) -> None:
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is None:
         return
-    # An unknown field inside a oneOf (a resection of some kind): report it, not "not valid".
+    # An unknown field, also inside a oneOf (a resection of some kind, a structure reference):
+    # the fields all the alternatives allow, and the closest to each unknown one.
     candidates = [error, *(error.context or [])]
-    unknown = next((e for e in candidates if e.validator == "additionalProperties"), None)
-    if unknown is not None and isinstance(unknown.instance, dict):
-        allowed = list(unknown.schema.get("properties", {}))
-        extra = [key for key in unknown.instance if key not in allowed]
-        hints = []
-        for key in extra:
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise PlanFormatError(
-            f"{_where(unknown.absolute_path)}: unknown field(s) {', '.join(hints)}; "
-            f"valid fields: {', '.join(allowed)}.",
-            subject="plan",
-            fix="rename or remove the field (see data/plan.schema.json).",
-        )
+    unknown = [
+        e for e in candidates if e.validator == "additionalProperties" and isinstance(e.instance, dict)
+    ]
+    if unknown:
+        instance = unknown[0].instance
+        allowed = list(dict.fromkeys(key for e in unknown for key in e.schema.get("properties", {})))
+        extra = [key for key in instance if key not in allowed]
+        where = _where(unknown[0].absolute_path)
+        if extra:
+            hints = []
+            for key in extra:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise PlanFormatError(
+                f"{where}: unknown field(s) {', '.join(hints)}; valid fields: {', '.join(allowed)}.",
+                subject="plan",
+                fix="rename or remove the field (see data/plan.schema.json).",
+            )
+        if {"key", "name", "segment_id"} <= set(allowed):
+            raise PlanFormatError(
+                f"{where}: give exactly one of key, name or segment_id, not {', '.join(instance)}.",
+                subject="plan",
+                fix='e.g. {"name": "Kidney, left"}.',
+            )
     raise PlanFormatError(
         f"{_where(error.absolute_path)}: {error.message} (schema rule {error.validator!r}).",
         subject="plan",
