@@ -28,6 +28,7 @@ from CasePortalConnectorLib.dicom_objects.seg import (
 )
 from CasePortalConnectorLib.errors import ConnectorError, DicomObjectError
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
+from SurgicalPlanningLib.structures import structure_key_of_segment
 from VSPCoreLib import storage
 from VSPCoreLib.app import VSPApplication
 from VSPCoreLib.arrays import (
@@ -72,7 +73,7 @@ def mask_on(node, segment_id: str, volume) -> np.ndarray:
 def ids_for_keys(node, keys) -> list[str]:
     segmentation = node.GetSegmentation()
     by_key = {
-        tag(segmentation.GetNthSegment(n), "SlicerVSP.StructureKey"): segmentation.GetNthSegmentID(n)
+        structure_key_of_segment(segmentation.GetNthSegment(n)): segmentation.GetNthSegmentID(n)
         for n in range(segmentation.GetNumberOfSegments())
     }
     return [by_key[key] for key in keys]

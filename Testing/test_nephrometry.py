@@ -19,6 +19,7 @@ from SurgicalPlanningLib.sample_case import labelmap_to_segmentation
 from VSPCoreLib.arrays import GridArray
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.sampledata import phantom as sample_data
+from VSPCoreLib.terminology import terminology_entry
 
 # --------------------------------------------------------------------------------------------
 # The synthetic kidney
@@ -346,8 +347,11 @@ def test_bad_input_gives_clear_messages(phantom_segmentation):
     with pytest.raises(InputDataError, match="tumour: is empty or missing") as error:
         neph.renal_score(masks["kidney"], empty, masks["collecting_system"])
     assert "Fix:" in str(error.value)
-    with pytest.raises(InputDataError, match="collecting system: is empty or missing"):
-        neph.renal_score(masks["kidney"], masks["tumour"], GridArray(np.zeros((4, 4, 4), bool), np.eye(4)))
+    # An empty collecting system is no collecting system: N is not computed (see below).
+    partial = neph.renal_score(
+        masks["kidney"], masks["tumour"], GridArray(np.zeros((4, 4, 4), bool), np.eye(4))
+    )
+    assert partial.nearness_points is None and partial.score is None
     # A tumour away from the kidney (the same sphere moved 200 mm to the right).
     moved = GridArray(masks["tumour"].array, masks["tumour"].ijk_to_ras.copy())
     moved.ijk_to_ras[0, 3] += 200.0
@@ -358,16 +362,43 @@ def test_bad_input_gives_clear_messages(phantom_segmentation):
     assert score.hilar is None and score.suffix == "x"
     assert any("'h' suffix is not assessed" in w for w in score.warnings)
     # A segmentation without the structure, or with an empty segment for it.
-    with pytest.raises(InputDataError, match="has no segment for 'pancreas'"):
+    with pytest.raises(InputDataError, match="has no segment coded as 'pancreas'"):
         neph.renal_score_from_segmentation(segmentation, reference, kidney_key="pancreas")
     with pytest.raises(InputDataError, match="does not touch the kidney"):
         neph.renal_score_from_segmentation(segmentation, reference, side="right")
     with pytest.raises(InputDataError, match="unknown side"):
         neph.renal_score_from_segmentation(segmentation, reference, side="middle")
     segment_id = segmentation.GetSegmentation().AddEmptySegment("empty_tumour", "Liver tumour")
-    segmentation.GetSegmentation().GetSegment(segment_id).SetTag("SlicerVSP.StructureKey", "liver_tumour")
+    segmentation.GetSegmentation().GetSegment(segment_id).SetTag(
+        "TerminologyEntry", terminology_entry("liver_tumour")
+    )
     try:
         with pytest.raises(InputDataError, match="segment\\(s\\) for 'liver_tumour' are empty"):
             neph.renal_score_from_segmentation(segmentation, reference, tumour_key="liver_tumour")
     finally:
         segmentation.GetSegmentation().RemoveSegment(segment_id)
+
+
+def test_without_a_collecting_system_n_is_not_computed_and_the_score_says_it_is_incomplete():
+    """A whole kidney as one segment (as AI models give it): the other components are measured
+    as with the parts; N is reported as not computed with its reason; the score is a range."""
+    masks = synthetic_kidney((8.0, 6.0, 0.0), 24.0, 1.0)  # "interpolar, endophytic, anterior"
+    full = neph.renal_score(**masks)
+    others = {k: v for k, v in masks.items() if k != "collecting_system"}
+    partial = neph.renal_score(**others, collecting_system=None)
+    assert partial.nearness_points is None and partial.nearest_collecting_system_mm is None
+    assert "collecting system" in partial.not_computed["N"]
+    assert (partial.radius_points, partial.exophytic_points, partial.location_points) == (
+        full.radius_points,
+        full.exophytic_points,
+        full.location_points,
+    )
+    assert partial.anterior_posterior == full.anterior_posterior == "a"
+    assert partial.score is None and not partial.complete
+    assert partial.partial_score == full.score - full.nearness_points == 7
+    assert partial.score_range == (8, 10)
+    assert partial.complexity is None  # 8 is moderate, 10 high: undecided
+    assert partial.notation == "8-10a (incomplete: N not computed)"
+    data = partial.to_json()
+    assert data["score"] is None and data["complete"] is False and data["score_range"] == [8, 10]
+    assert data["components"]["N"]["points"] is None and "not_computed" in data["components"]["N"]

@@ -149,3 +149,50 @@ def test_duplicate_and_unknown_variants_are_clear_errors():
         plan.add_variant(PlanVariant(name="enucleation"))
     with pytest.raises(Exception, match="no variant 'other'.*lower pole plane"):
         plan.variant("other")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d["case"].update(organ_kee="kidney_left"),
+            r"plan.case: unknown field\(s\) 'organ_kee' \(did you mean 'organ_key'\?\)",
+        ),
+        (lambda d: d.update(variant=[]), r"plan: unknown field\(s\) 'variant' \(did you mean 'variants'\?\)"),
+        (
+            lambda d: d["variants"][0]["resections"][0].update(normal=[0, 0, 1]),
+            r"plan.variants\[0\].resections\[0\]: unknown field\(s\) 'normal' \(did you mean 'normal_ras'\?\)",
+        ),
+        (lambda d: d["case"].update(organ={"nmae": "Kidney, left"}), "plan.case.organ"),
+        (lambda d: d["case"].update(organ={"name": "A", "key": "kidney_left"}), "plan.case.organ"),
+        (lambda d: d["case"]["vessel_tree"].update(x={"parent": None, "colour": "red"}), "vessel_tree"),
+    ],
+)
+def test_the_parser_validates_against_the_published_schema_and_names_the_closest_field(mutate, message):
+    data = make_plan().to_dict()
+    mutate(data)
+    with pytest.raises(PlanFormatError, match=message):
+        Plan.from_dict(data)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, json.loads(SCHEMA_FILE.read_text()))
+
+
+def test_structures_by_key_name_or_id_follow_the_schema_and_round_trip():
+    from SurgicalPlanningLib.structures import StructureRef
+
+    data = make_plan().to_dict()
+    data["case"]["organ"] = {"name": "Kidney, left"}
+    data["case"]["tumour"] = {"segment_id": "Segment_7"}
+    data["case"]["vessel_tree"]["lower branch"] = {"parent": "renal_artery_left", "name": "Artery 3"}
+    jsonschema.validate(data, json.loads(SCHEMA_FILE.read_text()))
+    plan = Plan.from_dict(data)
+    assert plan.case.organ_ref == StructureRef("name", "Kidney, left")  # wins over organ_key
+    assert plan.case.tumour_ref == StructureRef("segment_id", "Segment_7")
+    assert plan.case.vessel_tree["lower branch"] == "renal_artery_left"
+    assert plan.case.branch_ref("lower branch") == StructureRef("name", "Artery 3")
+    assert plan.to_dict()["case"] == data["case"]
+    # The older keys alone still name the structures by key.
+    legacy = make_plan()
+    assert legacy.case.organ_ref == StructureRef.key("kidney_left")
+    assert legacy.case.organ_field == "plan.case.organ_key"
+    assert "organ" not in legacy.to_dict()["case"]

@@ -299,10 +299,9 @@ def test_dcmqi_reads_the_quirky_seg_with_our_voxels_names_and_codes(quirks, quir
 
 @needs_dcmqi
 def test_dcmqi_reads_the_sample_case_seg(tmp_path):
-    import vtk
-
     from CasePortalConnectorLib.dicom_objects import export_seg
     from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
+    from SurgicalPlanningLib.structures import structure_key_of_segment
 
     case = create_sample_case(tmp_path / "case", shape=(64, 64, 32), seed=1)
     app = VSPApplication.create_headless()
@@ -311,11 +310,10 @@ def test_dcmqi_reads_the_sample_case_seg(tmp_path):
     wanted = {"spine", "tumour", "kidney_left_cortex", "liver"}
     ids, keys = [], []
     for n in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(n)
-        value = vtk.reference("")
-        if segment.GetTag("SlicerVSP.StructureKey", value) and str(value) in wanted:
+        key = structure_key_of_segment(segmentation.GetNthSegment(n))  # from its codes
+        if key in wanted:
             ids.append(segmentation.GetNthSegmentID(n))
-            keys.append(str(value))
+            keys.append(key)
     assert len(ids) == len(wanted), keys
     seg_path = export_seg(
         loaded.segmentation_node, case.dicom_dir, tmp_path / "case-seg.dcm", segment_ids=ids

@@ -24,6 +24,7 @@ from SurgicalPlanningLib.segmentation.statistics import (
     to_json,
     to_table_node,
 )
+from SurgicalPlanningLib.structures import structure_key_of_segment
 from VSPCoreLib.app import VSPApplication
 from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix, segment_ids
 from VSPCoreLib.errors import InputDataError
@@ -61,11 +62,10 @@ def add_segmentation(app, labels, ijk_to_ras, label_terms, reference_volume, nam
 
 
 def segment_id_of(segmentation_node, key: str) -> str:
+    # The structure a segment holds is decided by its terminology codes.
     segmentation = segmentation_node.GetSegmentation()
     for segment_id in segment_ids(segmentation_node):
-        value = vtk.reference("")
-        segmentation.GetSegment(segment_id).GetTag("SlicerVSP.StructureKey", value)
-        if str(value) == key:
+        if structure_key_of_segment(segmentation.GetSegment(segment_id)) == key:
             return segment_id
     raise KeyError(key)
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import slicer
-import vtk
 from scipy import ndimage
 
 from SurgicalPlanningLib.sample_case import create_sample_case, load_sample_case
 from SurgicalPlanningLib.segmentation import editing, grow, islands, logical, morphology, threshold, vessels
+from SurgicalPlanningLib.structures import structure_key_of_segment
 from VSPCoreLib import storage, terminology
 from VSPCoreLib.app import VSPApplication
 from VSPCoreLib.arrays import array_to_vtk_matrix, volume_ijk_to_ras
@@ -506,9 +506,8 @@ def test_overlapping_segments_stay_overlapping(case):
     try:
         keys = {}
         for segment_id in session.segment_ids():
-            tag = vtk.reference("")
-            case.truth_node.GetSegmentation().GetSegment(segment_id).GetTag("SlicerVSP.StructureKey", tag)
-            keys[str(tag)] = segment_id
+            segment = case.truth_node.GetSegmentation().GetSegment(segment_id)
+            keys[structure_key_of_segment(segment)] = segment_id
         tumour, cortex = keys["tumour"], keys["kidney_left_cortex"]
         assert case.truth_node.GetSegmentation().GetNumberOfLayers() == 1  # one shared labelmap
         cortex_before = full(session, cortex).copy()

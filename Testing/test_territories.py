@@ -403,14 +403,16 @@ def test_missing_or_empty_branch_segments_give_clear_messages(case):
         terr.territories_from_segmentation(
             loaded.segmentation_node, loaded.volume_node, "kidney_left", [*LEFT_BRANCHES, "hepatic_artery"]
         )
-    with pytest.raises(InputDataError, match="has no segment for 'pancreas'"):
+    with pytest.raises(InputDataError, match="has no segment coded as 'pancreas'"):
         terr.territories_from_segmentation(
             loaded.segmentation_node, loaded.volume_node, "pancreas", LEFT_BRANCHES
         )
-    # An empty segment tagged as a structure: refused as a branch and as an organ.
+    # An empty segment coded as a structure: refused as a branch and as an organ.
     segmentation = loaded.segmentation_node.GetSegmentation()
     segment_id = segmentation.AddEmptySegment("empty_vessels", "Liver vessels (empty)")
-    segmentation.GetSegment(segment_id).SetTag(terr.STRUCTURE_KEY_TAG, "liver_vessels")
+    segmentation.GetSegment(segment_id).SetTag(
+        "TerminologyEntry", terr.terminology.terminology_entry("liver_vessels")
+    )
     try:
         with pytest.raises(InputDataError, match="vessel branch\\(es\\) liver_vessels") as error:
             terr.territories_from_segmentation(

@@ -96,16 +96,13 @@ def _build_case(shape: tuple[int, int, int], seed: int):
 
 
 def _segment_ids_by_key(segmentation_node) -> dict[str, str]:
-    import vtk
-
+    from SurgicalPlanningLib.structures import structure_key_of_segment
     from VSPCoreLib.arrays import segment_ids
 
     result = {}
     segmentation = segmentation_node.GetSegmentation()
     for segment_id in segment_ids(segmentation_node):
-        key = vtk.reference("")
-        segmentation.GetSegment(segment_id).GetTag("SlicerVSP.StructureKey", key)
-        result[str(key)] = segment_id
+        result[str(structure_key_of_segment(segmentation.GetSegment(segment_id)))] = segment_id
     return result
 
 

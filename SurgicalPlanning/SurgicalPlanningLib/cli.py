@@ -304,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--plan", required=True, type=Path, help="the plan (plan.json)")
     plan.add_argument("--out", required=True, type=Path, help="output folder")
     plan.add_argument("--spacing-mm", type=float, default=0.5, help="working grid of resections (mm)")
+    plan.add_argument(
+        "--organ",
+        metavar="NAME|KEY|ID",
+        help="the organ's segment, overriding the plan's case.organ: a segment name ('Kidney, left'), "
+        "a terminology key (kidney_left) or a segment ID; prefix name:, key: or id: to say which",
+    )
+    plan.add_argument(
+        "--tumour",
+        "--tumor",
+        dest="tumour",
+        metavar="NAME|KEY|ID",
+        help="the tumour's segment, overriding the plan's case.tumour (as --organ); 'none' for a plan "
+        "without a tumour (anatomical resection, living-donor split)",
+    )
     plan.set_defaults(handler=_plan)
     return parser
 
@@ -633,6 +647,7 @@ def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     segmentation = _plan_segmentation(app, plan.case.segmentation, args.scene)
     if volume is None:
         raise VSPError("the scene holds no CT volume.", subject=str(args.scene), fix="load the case scene.")
+    _override_structures(plan, segmentation, args)
     compute_plan(
         PlanningInputs(app, segmentation, volume),
         plan,
@@ -714,6 +729,22 @@ def _remove_earlier_resections(scene) -> int:
             scene.RemoveNode(node.GetStorageNode())
         scene.RemoveNode(node)
     return len(doomed)
+
+
+def _override_structures(plan, segmentation, args: argparse.Namespace) -> None:
+    """Apply --organ/--tumour to the plan, stored as the reference that found the segment."""
+    from .structures import StructureRef, resolve
+
+    if args.organ:
+        match = resolve(segmentation, StructureRef.from_text(args.organ), what="organ", field_name="--organ")
+        plan.case.organ = match.ref
+    if args.tumour and args.tumour.strip().lower() == "none":
+        plan.case.tumour, plan.case.tumour_key = None, ""
+    elif args.tumour:
+        match = resolve(
+            segmentation, StructureRef.from_text(args.tumour), what="tumour", field_name="--tumour"
+        )
+        plan.case.tumour = match.ref
 
 
 def _cell(value) -> str:

@@ -63,7 +63,7 @@ from VSPCoreLib.arrays import GridArray
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report
 
-from .territories import on_grid, structure_mask
+from .territories import on_grid, segments_mask, structure_mask
 
 ANTERIOR_RAS = np.array([0.0, 1.0, 0.0])
 SUPERIOR_RAS = np.array([0.0, 0.0, 1.0])
@@ -87,11 +87,11 @@ class RenalScore:
     max_diameter_mm: float
     exophytic_points: int
     exophytic_fraction: float
-    nearness_points: int
-    nearest_collecting_system_mm: float
+    nearness_points: int | None  # None: not computed (no collecting system), see not_computed
+    nearest_collecting_system_mm: float | None
     anterior_posterior: str  # "a", "p" or "x"
     anterior_fraction: float
-    location_points: int
+    location_points: int | None  # None: not computed (no renal sinus found), see not_computed
     location: dict
     hilar: bool | None  # None: main renal vessels not given
     hilar_gaps_mm: dict[str, float | None]
@@ -99,14 +99,36 @@ class RenalScore:
     tumour_volume_ml: float
     details: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    not_computed: dict[str, str] = field(default_factory=dict)  # component -> why
 
     @property
-    def score(self) -> int:
-        return self.radius_points + self.exophytic_points + self.nearness_points + self.location_points
+    def complete(self) -> bool:
+        return self.nearness_points is not None and self.location_points is not None
 
     @property
-    def complexity(self) -> str:
-        return "low" if self.score <= 6 else "moderate" if self.score <= 9 else "high"
+    def partial_score(self) -> int:
+        """The sum of the components that were computed."""
+        return sum(p for p in self._points() if p is not None)
+
+    def _points(self) -> list[int | None]:
+        return [self.radius_points, self.exophytic_points, self.nearness_points, self.location_points]
+
+    @property
+    def score_range(self) -> tuple[int, int]:
+        """The lowest and highest score the components not computed (1-3 points each) allow."""
+        missing = sum(p is None for p in self._points())
+        return self.partial_score + missing, self.partial_score + 3 * missing
+
+    @property
+    def score(self) -> int | None:
+        """The R.E.N.A.L. score; None when a component was not computed (see score_range)."""
+        return self.partial_score if self.complete else None
+
+    @property
+    def complexity(self) -> str | None:
+        low, high = self.score_range
+        bands = {_band(low), _band(high)}
+        return bands.pop() if len(bands) == 1 else None
 
     @property
     def suffix(self) -> str:
@@ -114,15 +136,24 @@ class RenalScore:
 
     @property
     def notation(self) -> str:
-        """E.g. "7ah": the score, the A/P descriptor and "h" for a hilar tumour."""
-        return f"{self.score}{self.suffix}"
+        """E.g. "7ah": the score, the A/P descriptor and "h" for a hilar tumour; an incomplete
+        score shows its range and what is missing, e.g. "5-7x (incomplete: N not computed)"."""
+        if self.complete:
+            return f"{self.score}{self.suffix}"
+        low, high = self.score_range
+        missing = ", ".join(sorted(self.not_computed))
+        return f"{low}-{high}{self.suffix} (incomplete: {missing} not computed)"
 
     def to_json(self) -> dict:
         return {
             "score": self.score,
+            "complete": self.complete,
+            "partial_score": self.partial_score,
+            "score_range": list(self.score_range),
             "notation": self.notation,
             "complexity": self.complexity,
             "suffix": self.suffix,
+            "not_computed": dict(self.not_computed),
             "components": {
                 "R": {"points": self.radius_points, "max_diameter_mm": round(self.max_diameter_mm, 2)},
                 "E": {
@@ -131,13 +162,20 @@ class RenalScore:
                 },
                 "N": {
                     "points": self.nearness_points,
-                    "nearest_collecting_system_mm": round(self.nearest_collecting_system_mm, 2),
+                    "nearest_collecting_system_mm": None
+                    if self.nearest_collecting_system_mm is None
+                    else round(self.nearest_collecting_system_mm, 2),
+                    **({"not_computed": self.not_computed["N"]} if "N" in self.not_computed else {}),
                 },
                 "A": {
                     "descriptor": self.anterior_posterior,
                     "anterior_percent": round(100.0 * self.anterior_fraction, 2),
                 },
-                "L": {"points": self.location_points, **self.location},
+                "L": {
+                    "points": self.location_points,
+                    **self.location,
+                    **({"not_computed": self.not_computed["L"]} if "L" in self.not_computed else {}),
+                },
                 "h": {
                     "hilar": self.hilar,
                     **{
@@ -151,6 +189,10 @@ class RenalScore:
             "details": self.details,
             "warnings": list(self.warnings),
         }
+
+
+def _band(score: int) -> str:
+    return "low" if score <= 6 else "moderate" if score <= 9 else "high"
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,7 +471,7 @@ def _required(mask: GridArray | None, what: str, fix: str) -> GridArray:
 def renal_score(
     kidney: GridArray,
     tumour: GridArray,
-    collecting_system: GridArray,
+    collecting_system: GridArray | None,
     *,
     renal_artery: GridArray | None = None,
     renal_vein: GridArray | None = None,
@@ -444,14 +486,21 @@ def renal_score(
     ``renal_artery``/``renal_vein`` the MAIN renal vessels (for the "h" suffix; without them
     "h" is not assessed), ``renal_sinus`` an optional sinus fat segment that N also measures to.
     Masks may lie on different grids; everything is measured on the kidney's lattice.
+
+    Without a collecting system (None or empty: a whole kidney as one segment, as AI models
+    deliver it) N is not computed, and without a renal sinus (no hilar opening and nothing inside
+    the kidney's outline) neither is L: ``not_computed`` says why, and the score is incomplete
+    (``score`` None, ``score_range`` what the missing components allow).
     """
     kidney = _required(kidney, "kidney", "segment the kidney.")
     tumour = _required(tumour, "tumour", "segment the tumour.")
-    collecting_system = _required(
-        collecting_system,
-        "collecting system",
-        "segment the renal pelvis and calyces: N (nearness) is measured to them.",
-    )
+    not_computed: dict[str, str] = {}
+    if collecting_system is None or not np.asarray(collecting_system.array).any():
+        collecting_system = None
+        not_computed["N"] = (
+            "no collecting system (renal pelvis, calyces) in the segmentation: N (nearness to "
+            "the collecting system) needs it. Segment the renal pelvis and calyces to complete the score."
+        )
     warnings: list[str] = []
     report(progress, 0.0, "Placing the structures on one grid")
     ijk_to_ras, shape = _common_grid([kidney, tumour], margin=3)
@@ -536,8 +585,10 @@ def renal_score(
 
     # N: nearest gap to the collecting system (and sinus, when given).
     report(progress, 0.45, "N: nearness to the collecting system")
-    near_target = cs | put(renal_sinus)
-    nearest_cs, _ = _nearest_gap(t, near_target, spacing)
+    nearest_cs: float | None = None
+    if collecting_system is not None:
+        near_target = cs | put(renal_sinus)
+        nearest_cs, _ = _nearest_gap(t, near_target, spacing)
 
     # Kidney frame: centre and long axis of the envelope (RAS).
     report(progress, 0.55, "L: long axis and polar lines")
@@ -562,31 +613,35 @@ def renal_score(
         sizes = np.bincount(components.ravel(), minlength=count + 1)
         keep = np.flatnonzero(sizes * grid.voxel_volume_mm3 >= 20.0)
         opening = np.isin(components, keep[keep > 0])
+    sinus_axis = None
     if opening.any():
         sinus_axis = along(to_ras(_index_mm(opening, spacing)))
         polar_source = "renal sinus opening (medial lip of the parenchyma)"
     else:
         inner = (cs | artery | vein) & hull
-        if not inner.any():
-            raise InputDataError(
-                "shows no renal sinus: neither a hilar opening nor collecting system or hilar "
-                "vessels inside the kidney outline.",
-                subject="kidney",
-                fix="check the kidney and collecting system segments (the polar lines need the sinus).",
+        if inner.any():
+            sinus_axis = along(to_ras(_index_mm(inner, spacing)))
+            polar_source = "collecting system and hilar vessels inside the kidney outline"
+            warnings.append(
+                "no hilar opening found in the parenchyma; polar lines from the " + polar_source + "."
             )
-        sinus_axis = along(to_ras(_index_mm(inner, spacing)))
-        polar_source = "collecting system and hilar vessels inside the kidney outline"
-        warnings.append(
-            "no hilar opening found in the parenchyma; polar lines from the " + polar_source + "."
-        )
-    lower_line, upper_line = float(sinus_axis.min()), float(sinus_axis.max())
+        else:
+            not_computed["L"] = (
+                "the kidney shows no renal sinus (neither a hilar opening in the kidney segment "
+                "nor collecting system or hilar vessels inside its outline): the polar lines "
+                "cannot be placed. Segment the kidney with its sinus open, or the collecting system."
+            )
     tumour_ras = to_ras(tumour_points)
     tumour_axis = along(tumour_ras)
-    axis_in_grid = direction.T @ long_axis
-    l_points, location = location_points(
-        tumour_axis, lower_line, upper_line, tolerance_mm=_half_extent(axis_in_grid, spacing)
-    )
-    location["polar_lines_from"] = polar_source
+    l_points: int | None = None
+    location: dict = {}
+    if sinus_axis is not None:
+        lower_line, upper_line = float(sinus_axis.min()), float(sinus_axis.max())
+        axis_in_grid = direction.T @ long_axis
+        l_points, location = location_points(
+            tumour_axis, lower_line, upper_line, tolerance_mm=_half_extent(axis_in_grid, spacing)
+        )
+        location["polar_lines_from"] = polar_source
     envelope_axis = along(envelope_points)
     location["kidney_extent_mm"] = [
         round(float(envelope_axis.min()), 2),
@@ -635,7 +690,7 @@ def renal_score(
         max_diameter_mm=max_diameter,
         exophytic_points=exophytic_points(exophytic_fraction),
         exophytic_fraction=exophytic_fraction,
-        nearness_points=nearness_points(nearest_cs),
+        nearness_points=None if nearest_cs is None else nearness_points(nearest_cs),
         nearest_collecting_system_mm=nearest_cs,
         anterior_posterior=anterior_posterior(anterior_fraction),
         anterior_fraction=anterior_fraction,
@@ -647,6 +702,7 @@ def renal_score(
         tumour_volume_ml=tumour_count * voxel_ml,
         details=details,
         warnings=warnings,
+        not_computed=not_computed,
     )
 
 
@@ -660,20 +716,42 @@ def renal_score_from_segmentation(
     collecting_system_key: str | None = None,
     renal_artery_key: str | None = None,
     renal_vein_key: str | None = None,
+    kidney_segment_ids: Sequence[str] | None = None,
+    tumour_segment_ids: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> RenalScore:
-    """The R.E.N.A.L. score of a segmentation's tumour, structures found by their key tags.
+    """The R.E.N.A.L. score of a segmentation's tumour, structures found by terminology code.
 
-    Defaults: ``kidney_<side>`` (the union of its parts), ``collecting_system_<side>``,
-    ``renal_artery_<side>``, ``renal_vein_<side>``. Missing main vessels only leave "h"
-    unassessed; a missing kidney, tumour or collecting system is an error.
+    Defaults: ``kidney_<side>`` (its own segment, or the union of its parts),
+    ``collecting_system_<side>`` (renal pelvis and calyces), ``renal_artery_<side>``,
+    ``renal_vein_<side>``; ``kidney_segment_ids``/``tumour_segment_ids`` give the kidney and the
+    tumour as segments instead (a plan naming them by name or ID). Missing main vessels leave "h"
+    unassessed, a missing collecting system leaves N not computed (the score says it is
+    incomplete); a missing kidney or tumour is an error.
     """
     if side not in ("left", "right"):
         raise InputDataError(f"unknown side {side!r}.", subject="nephrometry", fix="use 'left' or 'right'.")
-    kidney = structure_mask(segmentation_node, kidney_key or f"kidney_{side}", reference_volume)
-    tumour = structure_mask(segmentation_node, tumour_key, reference_volume)
+    if kidney_segment_ids is not None:
+        kidney = _required(
+            segments_mask(segmentation_node, kidney_segment_ids, reference_volume),
+            "kidney",
+            "segment the kidney.",
+        )
+    else:
+        kidney = structure_mask(segmentation_node, kidney_key or f"kidney_{side}", reference_volume)
+    if tumour_segment_ids is not None:
+        tumour = _required(
+            segments_mask(segmentation_node, tumour_segment_ids, reference_volume),
+            "tumour",
+            "segment the tumour.",
+        )
+    else:
+        tumour = structure_mask(segmentation_node, tumour_key, reference_volume)
     collecting = structure_mask(
-        segmentation_node, collecting_system_key or f"collecting_system_{side}", reference_volume
+        segmentation_node,
+        collecting_system_key or f"collecting_system_{side}",
+        reference_volume,
+        required=False,
     )
     vessels = [
         structure_mask(segmentation_node, key, reference_volume, required=False)
@@ -683,7 +761,7 @@ def renal_score_from_segmentation(
     return renal_score(
         kidney,
         tumour,
-        collecting,
+        collecting if collecting.array.size else None,
         renal_artery=artery,
         renal_vein=vein,
         progress=progress,

@@ -6,8 +6,15 @@ for each variant, with the software version and time. It is stored:
 - in the scene, as a `vtkMRMLScriptedModuleNode` ("SlicerVSP plan") whose `PlanJSON` parameter
   holds the JSON, so a saved scene (.mrml/.mrb) carries it;
 - in the case folder as `plan.json` (written atomically).
-The JSON follows `data/plan.schema.json` (JSON Schema, draft 2020-12); `from_dict` validates
-every field and names the one at fault. Coordinates are RAS millimetres (MRML's frame).
+The JSON follows `data/plan.schema.json` (JSON Schema, draft 2020-12); `from_dict` checks every
+field (naming the one at fault) and validates the document against the published schema with
+`jsonschema` (an unknown field is refused with the closest valid name). Coordinates are RAS
+millimetres (MRML's frame).
+
+Structures are named by terminology key, segment name or segment ID (`structures.StructureRef`):
+`case.organ` / `case.tumour` ({"key": "kidney_left"}, {"name": "Kidney, left"} or
+{"segment_id": "Segment_1"}; the older `organ_key` / `tumour_key` strings are keys), and each
+vessel tree branch by its key, or as {"parent": ..., "name" | "segment_id" | "key": ...}.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 from VSPCoreLib.errors import InputDataError
 
 from . import __version__
+from .structures import StructureRef
 
 SCHEMA_VERSION = 1
 PLAN_NODE_NAME = "SlicerVSP plan"
@@ -167,7 +175,13 @@ def _resection_from(data: dict, where: str) -> Resection:
 
 @dataclass
 class CaseReference:
-    """What the plan is about. UIDs tie it to the source images; keys to the structures."""
+    """What the plan is about. UIDs tie it to the source images; references to the structures.
+
+    ``organ`` / ``tumour`` name the structures by key, segment name or segment ID; without them
+    ``organ_key`` / ``tumour_key`` (terminology keys) do. ``vessel_tree`` is {branch: parent}; a
+    branch is found by its name as a terminology key unless ``branch_segments`` names its
+    segment otherwise.
+    """
 
     case_id: str
     study_instance_uid: str = ""
@@ -176,7 +190,92 @@ class CaseReference:
     segmentation: str = ""  # the segmentation's name or file, with its hash where known
     organ_key: str = ""
     tumour_key: str = ""
-    vessel_tree: dict[str, str | None] = field(default_factory=dict)  # branch key → parent key
+    vessel_tree: dict[str, str | None] = field(default_factory=dict)  # branch → parent branch
+    organ: StructureRef | None = None
+    tumour: StructureRef | None = None
+    branch_segments: dict[str, StructureRef] = field(default_factory=dict)  # branch → its segment
+
+    @property
+    def organ_ref(self) -> StructureRef | None:
+        """How the organ is found: `organ`, else `organ_key` as a key; None when neither is set."""
+        return self.organ or (StructureRef.key(self.organ_key) if self.organ_key else None)
+
+    @property
+    def tumour_ref(self) -> StructureRef | None:
+        return self.tumour or (StructureRef.key(self.tumour_key) if self.tumour_key else None)
+
+    @property
+    def organ_field(self) -> str:
+        return "plan.case.organ" if self.organ or not self.organ_key else "plan.case.organ_key"
+
+    @property
+    def tumour_field(self) -> str:
+        return "plan.case.tumour" if self.tumour or not self.tumour_key else "plan.case.tumour_key"
+
+    def branch_ref(self, branch: str) -> StructureRef:
+        return self.branch_segments.get(branch) or StructureRef.key(branch)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "case_id": self.case_id,
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "frame_of_reference_uid": self.frame_of_reference_uid,
+            "segmentation": self.segmentation,
+            "organ_key": self.organ_key,
+            "tumour_key": self.tumour_key,
+        }
+        if self.organ is not None:
+            data["organ"] = self.organ.to_json()
+        if self.tumour is not None:
+            data["tumour"] = self.tumour.to_json()
+        tree: dict[str, Any] = {}
+        for branch, parent in self.vessel_tree.items():
+            ref = self.branch_segments.get(branch)
+            tree[branch] = parent if ref is None else {"parent": parent, **ref.to_json()}
+        data["vessel_tree"] = tree
+        return data
+
+    @classmethod
+    def from_json(cls, case: dict) -> CaseReference:
+        tree: dict[str, str | None] = {}
+        refs: dict[str, StructureRef] = {}
+        raw_tree = case.get("vessel_tree", {})
+        if not isinstance(raw_tree, dict):
+            raise _fail("plan.case.vessel_tree", "expected {branch: parent or null, or {parent, segment}}")
+        for branch, value in raw_tree.items():
+            where = f"plan.case.vessel_tree[{branch!r}]"
+            if value is None or isinstance(value, str):
+                tree[branch] = value
+            elif isinstance(value, dict):
+                parent = value.get("parent")
+                if parent is not None and not isinstance(parent, str):
+                    raise _fail(f"{where}.parent", "expected a branch name or null")
+                tree[branch] = parent
+                others = {k: v for k, v in value.items() if k != "parent"}
+                if others:
+                    refs[branch] = StructureRef.parse(others, where)
+            else:
+                raise _fail(
+                    where, "expected the parent branch (text or null) or {parent, key|name|segment_id}"
+                )
+        return cls(
+            case_id=_require(case, "case_id", "plan.case", str),
+            study_instance_uid=case.get("study_instance_uid", ""),
+            series_instance_uid=case.get("series_instance_uid", ""),
+            frame_of_reference_uid=case.get("frame_of_reference_uid", ""),
+            segmentation=case.get("segmentation", ""),
+            organ_key=case.get("organ_key", ""),
+            tumour_key=case.get("tumour_key", ""),
+            vessel_tree=tree,
+            organ=StructureRef.parse(case["organ"], "plan.case.organ")
+            if case.get("organ") is not None
+            else None,
+            tumour=StructureRef.parse(case["tumour"], "plan.case.tumour")
+            if case.get("tumour") is not None
+            else None,
+            branch_segments=refs,
+        )
 
 
 @dataclass
@@ -234,7 +333,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         self.validate()
-        data = json.loads(json.dumps(asdict(self)))  # plain JSON types (tuples become lists)
+        case = self.case.to_json()
+        data = json.loads(json.dumps({**asdict(self), "case": case}))  # plain JSON (tuples → lists)
         data["modified_at"] = self.modified_at or _now()
         return data
 
@@ -251,19 +351,13 @@ class Plan:
                 fix="update SlicerVSP.",
             )
         case = _require(data, "case", "plan", dict)
-        tree = case.get("vessel_tree", {})
-        if not isinstance(tree, dict) or not all(isinstance(v, str | type(None)) for v in tree.values()):
-            raise _fail("plan.case.vessel_tree", "expected {branch: parent or null}")
-        reference = CaseReference(
-            case_id=_require(case, "case_id", "plan.case", str),
-            study_instance_uid=case.get("study_instance_uid", ""),
-            series_instance_uid=case.get("series_instance_uid", ""),
-            frame_of_reference_uid=case.get("frame_of_reference_uid", ""),
-            segmentation=case.get("segmentation", ""),
-            organ_key=case.get("organ_key", ""),
-            tumour_key=case.get("tumour_key", ""),
-            vessel_tree=dict(tree),
-        )
+        try:
+            reference = CaseReference.from_json(case)
+        except PlanFormatError:
+            raise
+        except InputDataError as error:
+            check_schema(data)  # the schema's own message names the field (and the closest one)
+            raise PlanFormatError(error.message, subject="plan", fix=error.fix) from None
         variants = []
         for n, item in enumerate(_require(data, "variants", "plan", list)):
             where = f"plan.variants[{n}]"
@@ -290,6 +384,7 @@ class Plan:
             modified_at=data.get("modified_at", ""),
         )
         plan.validate()
+        check_schema(data)
         return plan
 
     @classmethod
@@ -311,6 +406,72 @@ class Plan:
         for n, variant in enumerate(self.variants):
             for m, resection in enumerate(variant.resections):
                 resection.validate(f"plan.variants[{n}].resections[{m}]")
+
+
+_SCHEMA: dict | None = None
+
+
+def plan_schema() -> dict:
+    """The published plan schema (``data/plan.schema.json``)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return _SCHEMA
+
+
+def _where(path) -> str:
+    text = "plan"
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def check_schema(data: Any) -> None:
+    """Validate a plan document against the published schema (jsonschema, draft 2020-12).
+
+    The first error is reported with the field's path; an unknown field names the closest
+    valid one.
+    """
+    import difflib
+
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(plan_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    # An unknown field, also inside a oneOf (a resection of some kind, a structure reference):
+    # the fields all the alternatives allow, and the closest to each unknown one.
+    candidates = [error, *(error.context or [])]
+    unknown = [
+        e for e in candidates if e.validator == "additionalProperties" and isinstance(e.instance, dict)
+    ]
+    if unknown:
+        instance = unknown[0].instance
+        allowed = list(dict.fromkeys(key for e in unknown for key in e.schema.get("properties", {})))
+        extra = [key for key in instance if key not in allowed]
+        where = _where(unknown[0].absolute_path)
+        if extra:
+            hints = []
+            for key in extra:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise PlanFormatError(
+                f"{where}: unknown field(s) {', '.join(hints)}; valid fields: {', '.join(allowed)}.",
+                subject="plan",
+                fix="rename or remove the field (see data/plan.schema.json).",
+            )
+        if {"key", "name", "segment_id"} <= set(allowed):
+            raise PlanFormatError(
+                f"{where}: give exactly one of key, name or segment_id, not {', '.join(instance)}.",
+                subject="plan",
+                fix='e.g. {"name": "Kidney, left"}.',
+            )
+    raise PlanFormatError(
+        f"{_where(error.absolute_path)}: {error.message} (schema rule {error.validator!r}).",
+        subject="plan",
+        fix="correct the plan file (see data/plan.schema.json) or make it again in SlicerVSP.",
+    )
 
 
 def _now() -> str:

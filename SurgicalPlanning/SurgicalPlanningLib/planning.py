@@ -22,6 +22,7 @@ from VSPCoreLib import terminology
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report, scaled
 
+from . import structures
 from .plan import (
     CaseReference,
     MarginResection,
@@ -32,6 +33,7 @@ from .plan import (
     comparison_table_node,
     store_plan_in_scene,
 )
+from .structures import StructureMatch
 
 # The numbers a planner compares first between variants (dotted paths into the results).
 KEY_METRICS = [
@@ -60,18 +62,120 @@ class PlanningInputs:
     volume_node: object
 
 
-def _organ_parts(segmentation_node, organ_key: str, tumour_key: str) -> tuple[list[str], str | None]:
-    """Segment IDs of the organ's parts (without the tumour) and of the tumour."""
-    from .resection import segment_ids_for_keys
+@dataclass
+class PlanStructures:
+    """The segments a plan's references name, found once per computation."""
 
-    structure = terminology.term(organ_key)
-    parts = [key for key in (structure.parts or (organ_key,)) if key != tumour_key]
-    organ_ids = segment_ids_for_keys(segmentation_node, parts)
-    tumour_ids = segment_ids_for_keys(segmentation_node, [tumour_key]) if tumour_key else []
-    return organ_ids, (tumour_ids[0] if tumour_ids else None)
+    organ: StructureMatch
+    organ_ids: list[str]  # the organ's segments without the tumour
+    organ_key: str | None  # the organ's terminology key (from the reference or its codes)
+    tumour: StructureMatch | None
+    tumour_id: str | None
+    branches: dict[str, list[str]]  # vessel tree branch -> its segment IDs (present branches)
+    absent_branches: list[str]
+    parts_present: list[str]
+    parts_absent: list[str]
+
+    @property
+    def vessel_ids(self) -> list[str]:
+        return list(dict.fromkeys(sid for ids in self.branches.values() for sid in ids))
+
+    def branch_of_segment(self, segment_id: str) -> str | None:
+        return next((branch for branch, ids in self.branches.items() if segment_id in ids), None)
+
+    def to_json(self, segmentation_node) -> dict:
+        organ = self.organ.to_json(segmentation_node)
+        organ["segment_ids"] = list(self.organ_ids)
+        organ["segments"] = [
+            segmentation_node.GetSegmentation().GetSegment(s).GetName() for s in self.organ_ids
+        ]
+        organ["parts_present"] = list(self.parts_present)
+        organ["parts_absent"] = list(self.parts_absent)
+        return {
+            "organ": organ,
+            "tumour": None if self.tumour is None else self.tumour.to_json(segmentation_node),
+            "vessel_branches": {branch: list(ids) for branch, ids in self.branches.items()},
+            "absent_vessel_branches": list(self.absent_branches),
+        }
 
 
-def _side(organ_key: str) -> str | None:
+def resolve_structures(segmentation_node, case: CaseReference) -> PlanStructures:
+    """Find the plan's organ, tumour and vessel branches in the segmentation (by code, name or ID).
+
+    A missing or ambiguous organ or tumour, or a branch named by segment name or ID that is not
+    there, is an InputDataError listing the candidates and the plan field to change. A branch
+    named by key that the segmentation lacks is only listed (a branch may be too small to
+    segment); an unknown key is treated the same way.
+    """
+    organ_ref = case.organ_ref
+    if organ_ref is None:
+        raise InputDataError(
+            "the plan names no organ.",
+            subject="plan",
+            fix='set plan.case.organ (e.g. {"key": "kidney_left"} or {"name": "Kidney, left"}), or pass --organ.',
+        )
+    organ = structures.resolve(
+        segmentation_node, organ_ref, what="organ", field_name=case.organ_field, flag="--organ"
+    )
+    tumour = None
+    tumour_ref = case.tumour_ref
+    if tumour_ref is not None:
+        tumour = structures.resolve(
+            segmentation_node, tumour_ref, what="tumour", field_name=case.tumour_field, flag="--tumour"
+        )
+        if len(tumour.segment_ids) != 1:
+            raise InputDataError(
+                f"the tumour ({tumour_ref.describe()}) is {len(tumour.segment_ids)} segments; the "
+                "planner takes one tumour segment.",
+                subject=segmentation_node.GetName(),
+                fix=f"set {case.tumour_field} (or pass --tumour) to one segment, by name or ID.",
+            )
+    tumour_id = tumour.segment_ids[0] if tumour is not None else None
+    organ_ids = [sid for sid in organ.segment_ids if sid != tumour_id]
+    if not organ_ids:
+        raise InputDataError(
+            "the organ and the tumour are the same segment.",
+            subject=segmentation_node.GetName(),
+            fix=f"set {case.organ_field} and {case.tumour_field} to different segments.",
+        )
+    organ_key = organ.key
+    parts_present: list[str] = []
+    parts_absent: list[str] = []
+    organ_term = terminology.STRUCTURES.get(organ_key) if organ_key else None
+    if organ_term is not None and organ_term.parts:
+        tumour_keys = {"tumour", tumour.key if tumour is not None else None}
+        for part in organ_term.parts:
+            if part in tumour_keys:
+                continue
+            (
+                parts_present if structures.structure_segment_ids(segmentation_node, part) else parts_absent
+            ).append(part)
+    branches: dict[str, list[str]] = {}
+    absent: list[str] = []
+    for branch in case.vessel_tree:
+        ref = case.branch_ref(branch)
+        if ref.kind == "key" and ref.value not in terminology.STRUCTURES:
+            absent.append(branch)
+            continue
+        field_name = f"plan.case.vessel_tree[{branch!r}]"
+        try:
+            match = structures.resolve(
+                segmentation_node, ref, what=f"vessel branch {branch!r}", field_name=field_name
+            )
+        except InputDataError as error:
+            if ref.kind == "key" and "was not found" in error.message:
+                absent.append(branch)
+                continue
+            raise
+        branches[branch] = match.segment_ids
+    return PlanStructures(
+        organ, organ_ids, organ_key, tumour, tumour_id, branches, absent, parts_present, parts_absent
+    )
+
+
+def _side(organ_key: str | None) -> str | None:
+    if not organ_key or not organ_key.startswith("kidney"):
+        return None
     for side in ("left", "right"):
         if organ_key.endswith(f"_{side}"):
             return side
@@ -89,41 +193,57 @@ def compute_variant(
 ) -> dict:
     """Compute one variant; its results are recorded in `plan` and returned.
 
-    `shared` caches what does not depend on the variant (territories, nephrometry) between the
-    variants of one computation; pass the same dict for every variant, or None.
+    `shared` caches what does not depend on the variant (the structures found, territories,
+    nephrometry) between the variants of one computation; pass the same dict for every variant,
+    or None. What cannot be computed (no tumour: margins and nephrometry; no vessel tree or no
+    vessel segments: territories) is listed in the results' `not_computed` with the reason.
     """
     shared = {} if shared is None else shared
-    from .resection import ResectionPlanner, segment_ids_for_keys
+    from .resection import ResectionPlanner
     from .territories import clamp, territories_at_risk, territories_from_segmentation
 
     variant = plan.variant(variant_name)
     case = plan.case
-    if not case.organ_key:
-        raise InputDataError("the plan names no organ.", subject="plan", fix="set case.organ_key.")
     segmentation_node, volume_node = inputs.segmentation_node, inputs.volume_node
+    if "structures" not in shared:
+        shared["structures"] = resolve_structures(segmentation_node, case)
+    found: PlanStructures = shared["structures"]
     timings: dict[str, float] = {}
-    results: dict = {"variant": variant.name, "warnings": []}
-    absent = [key for key in case.vessel_tree if not _has_structure(segmentation_node, key)]
-    if absent:
+    results: dict = {
+        "variant": variant.name,
+        "structures": found.to_json(segmentation_node),
+        "not_computed": {},
+        "warnings": [],
+    }
+    not_computed = results["not_computed"]
+    if found.parts_absent:
+        results["warnings"].append(
+            f"the organ's part(s) {', '.join(found.parts_absent)} are not in the segmentation"
+            + (" (the organ is one segment)" if found.organ.whole else "")
+            + "; volumes are reported for the organ as segmented."
+        )
+    if found.absent_branches:
         # Not an error (a branch may be too small to segment), but never silent: the listed
         # branches take over the territories of the missing ones.
         results["warnings"].append(
-            f"vessel branch(es) of the plan's tree not in the segmentation: {', '.join(absent)}; "
-            "their territories are assigned to the branches that are segmented."
+            "vessel branch(es) of the plan's tree not in the segmentation: "
+            f"{', '.join(found.absent_branches)}; their territories are assigned to the branches "
+            "that are segmented."
+        )
+    if found.tumour is None:
+        not_computed["margins"] = (
+            "the plan names no tumour (plan.case.tumour): there is no margin to measure."
         )
 
     start = time.perf_counter()
     if variant.resections:
         report(progress, 0.0, f"{variant.name}: resections")
-        organ_ids, tumour_id = _organ_parts(segmentation_node, case.organ_key, case.tumour_key)
-        branch_keys = [key for key in case.vessel_tree if _has_structure(segmentation_node, key)]
-        vessel_ids = segment_ids_for_keys(segmentation_node, branch_keys)
         planner = ResectionPlanner(
             inputs.app,
             segmentation_node,
-            organ_ids,
-            tumour_id,
-            vessel_ids,
+            found.organ_ids,
+            found.tumour_id,
+            found.vessel_ids,
             spacing_mm,
             name=f"Resection {variant.name}",
             progress=scaled(progress, 0.0, 0.2),
@@ -132,22 +252,44 @@ def compute_variant(
             planner.add_from_plan(resection)
         resection_result = planner.update(progress=scaled(progress, 0.2, 0.45))
         results["resection"] = resection_result.to_json()
+        for vessel in results["resection"]["cut_vessels"]:
+            vessel["branch"] = found.branch_of_segment(vessel["segment_id"])
+        cut_branches = list(
+            dict.fromkeys(v["branch"] for v in results["resection"]["cut_vessels"] if v["branch"])
+        )
         resected = _resected_mask(planner)
         timings["resection"] = time.perf_counter() - start
     else:
-        resection_result, resected = None, None
+        resection_result, resected, cut_branches = None, None, []
 
-    if case.vessel_tree:
+    if not case.vessel_tree:
+        not_computed["territories"] = "the plan has no vessel tree (plan.case.vessel_tree)."
+    elif not found.branches:
+        not_computed["territories"] = (
+            "none of the vessel tree's branches is in the segmentation "
+            f"({', '.join(found.absent_branches)}): territories need vessel segments."
+        )
+    if "territories" in not_computed:
+        if resection_result is not None:
+            not_computed["at_risk"] = "no vascular territories: " + not_computed["territories"]
+        if variant.clamped_branches:
+            not_computed["clamping"] = "no vascular territories: " + not_computed["territories"]
+    else:
         t = time.perf_counter()
         report(progress, 0.45, f"{variant.name}: vascular territories")
-        branch_keys = [key for key in case.vessel_tree if _has_structure(segmentation_node, key)]
-        cache_key = ("territories", case.organ_key, tuple(branch_keys))
+        organ_ids = list(found.organ.segment_ids)
+        if found.tumour_id is not None and found.tumour_id not in organ_ids:
+            organ_ids.append(found.tumour_id)  # the tumour is organ tissue a branch supplies
+        cache_key = ("territories", tuple(organ_ids), tuple(found.branches))
         if cache_key not in shared:
             shared[cache_key] = territories_from_segmentation(
                 segmentation_node,
                 volume_node,
-                case.organ_key,
-                branch_keys,
+                found.organ_key,
+                found.branches,
+                organ_segment_ids=organ_ids,
+                organ_name=found.organ_key
+                or segmentation_node.GetSegmentation().GetSegment(organ_ids[0]).GetName(),
                 progress=scaled(progress, 0.45, 0.7),
             )
         territories = shared[cache_key]
@@ -156,9 +298,7 @@ def compute_variant(
         results["territories"]["grid_spacing_mm"] = spacing
         if resection_result is not None:
             # Veins can be cut too; the arterial tree decides what loses its supply.
-            risk = territories_at_risk(
-                territories, resection_result.cut_branch_keys, case.vessel_tree, resected, strict=False
-            )
+            risk = territories_at_risk(territories, cut_branches, case.vessel_tree, resected, strict=False)
             at_risk = risk.to_json()
             # The remnant's volume is the resection's (0.5 mm grid); a second figure from the
             # territories' CT grid would differ by voxelisation and only confuse.
@@ -169,27 +309,31 @@ def compute_variant(
             results["clamping"] = clamp(territories, variant.clamped_branches, case.vessel_tree).to_json()
         timings["territories"] = time.perf_counter() - t
 
-    side = _side(case.organ_key)
-    if case.organ_key.startswith("kidney") and side and case.tumour_key:
+    side = _side(found.organ_key)
+    if side and found.tumour_id is None:
+        not_computed["nephrometry"] = "the plan names no tumour: R.E.N.A.L. scores a renal tumour."
+    elif side:
         t = time.perf_counter()
         report(progress, 0.75, f"{variant.name}: nephrometry")
         from .nephrometry import renal_score_from_segmentation
 
-        cache_key = ("nephrometry", case.organ_key, case.tumour_key)
+        cache_key = ("nephrometry", tuple(found.organ.segment_ids), found.tumour_id)
         if cache_key not in shared:
             shared[cache_key] = renal_score_from_segmentation(
                 segmentation_node,
                 volume_node,
                 side=side,
-                tumour_key=case.tumour_key,
-                kidney_key=case.organ_key,
+                kidney_segment_ids=found.organ.segment_ids,
+                tumour_segment_ids=[found.tumour_id],
             ).to_json()
         results["nephrometry"] = shared[cache_key]
+        for component, reason in results["nephrometry"].get("not_computed", {}).items():
+            not_computed[f"nephrometry.{component}"] = reason
         timings["nephrometry"] = time.perf_counter() - t
-    if case.organ_key == "liver" and resected is not None:
-        from .territories import future_liver_remnant, structure_mask
+    if found.organ_key == "liver" and resected is not None:
+        from .territories import future_liver_remnant, segments_mask
 
-        liver = structure_mask(segmentation_node, "liver", volume_node)
+        liver = segments_mask(segmentation_node, found.organ.segment_ids, volume_node)
         results["future_liver_remnant"] = future_liver_remnant(liver, resected).to_json()
 
     for part in ("resection", "territories"):
@@ -231,16 +375,19 @@ def _show_territories(inputs: PlanningInputs, plan: Plan, shared: dict) -> None:
     organ) in one segmentation node, replaced when the plan is recomputed."""
     from .territories import add_territory_segments
 
-    maps = [value for key, value in shared.items() if key[0] == "territories"]
+    maps = [value for key, value in shared.items() if isinstance(key, tuple) and key[0] == "territories"]
     if not maps:
         return
+    found: PlanStructures = shared["structures"]
     scene = inputs.segmentation_node.GetScene()
     node = add_territory_segments(
         scene,
         maps[0],
-        plan.case.organ_key,
+        found.organ_key,
         reference_volume=inputs.volume_node,
         source_segmentation=inputs.segmentation_node,
+        organ_segment_id=found.organ.segment_ids[0] if found.organ.whole else None,
+        branch_segments=found.branches,
     )
     nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
     for index in range(nodes.GetNumberOfItems()):
@@ -254,16 +401,6 @@ def key_comparison(plan: Plan) -> list[dict]:
     """The key metrics side by side (only those some variant has)."""
     rows = comparison_rows(plan, KEY_METRICS)
     return [row for row in rows if any(row[v.name] is not None for v in plan.variants)]
-
-
-def _has_structure(segmentation_node, key: str) -> bool:
-    from .resection import segment_ids_for_keys
-
-    try:
-        segment_ids_for_keys(segmentation_node, [key])
-    except InputDataError:
-        return False
-    return True
 
 
 def _resected_mask(planner):

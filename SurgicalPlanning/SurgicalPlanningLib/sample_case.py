@@ -146,7 +146,6 @@ def labelmap_to_segmentation(
         segment.SetName(structure.name)
         segment.SetColor(*structure.colour)
         segment.SetTag("TerminologyEntry", terminology_entry(structure))
-        segment.SetTag("SlicerVSP.StructureKey", key)
     return segmentation_node
 
 

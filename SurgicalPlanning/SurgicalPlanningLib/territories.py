@@ -53,7 +53,8 @@ from VSPCoreLib.arrays import (
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report
 
-STRUCTURE_KEY_TAG = "SlicerVSP.StructureKey"
+from . import structures
+
 TERRITORY_OF_TAG = "SlicerVSP.TerritoryOf"
 TERRITORY_ORGAN_TAG = "SlicerVSP.TerritoryOrgan"
 
@@ -562,23 +563,18 @@ def segment_tag(segment, tag: str) -> str | None:
 
 
 def structure_segment_ids(segmentation_node, key: str) -> list[str]:
-    """IDs of the segments that hold a structure: tagged with its key or, for a compound
-    structure (e.g. ``kidney_left``), with the keys of its parts."""
-    wanted = {key}
-    pending = [key]
-    while pending:
-        current = pending.pop()
-        t = terminology.STRUCTURES.get(current)
-        for part in t.parts if t is not None else ():
-            if part not in wanted:
-                wanted.add(part)
-                pending.append(part)
-    segmentation = segmentation_node.GetSegmentation()
-    return [
-        segment_id
-        for segment_id in segment_ids(segmentation_node)
-        if segment_tag(segmentation.GetSegment(segment_id), STRUCTURE_KEY_TAG) in wanted
-    ]
+    """IDs of the segments that hold a structure, found by terminology code: its own segment,
+    or for a compound structure (e.g. ``kidney_left``) without one, its parts' segments."""
+    return structures.structure_segment_ids(segmentation_node, key)
+
+
+def segments_mask(segmentation_node, ids: Sequence[str], reference_volume) -> GridArray:
+    """The union of segments as a mask on the reference volume's grid (cropped; empty if none)."""
+    masks = [segment_mask(segmentation_node, segment_id, reference_volume) for segment_id in ids]
+    masks = [m for m in masks if m.array.size and m.array.any()]
+    if not masks:
+        return GridArray(np.zeros((0, 0, 0), bool), np.eye(4))
+    return masks[0] if len(masks) == 1 else union_masks(masks)
 
 
 def structure_mask(segmentation_node, key: str, reference_volume, *, required: bool = True) -> GridArray:
@@ -587,21 +583,17 @@ def structure_mask(segmentation_node, key: str, reference_volume, *, required: b
     An absent or empty structure raises InputDataError when ``required``; otherwise it gives an
     empty mask.
     """
-    ids = structure_segment_ids(segmentation_node, key)
-    masks = [segment_mask(segmentation_node, segment_id, reference_volume) for segment_id in ids]
-    masks = [m for m in masks if m.array.size and m.array.any()]
-    if not masks:
-        if required:
-            name = terminology.STRUCTURES[key].name if key in terminology.STRUCTURES else key
-            raise InputDataError(
-                f"its segment(s) for {key!r} are empty." if ids else f"has no segment for {key!r}.",
-                subject=segmentation_node.GetName(),
-                fix=f"segment the {name} and tag the segment {STRUCTURE_KEY_TAG}={key}.",
-            )
-        return GridArray(np.zeros((0, 0, 0), bool), np.eye(4))
-    if len(masks) == 1:
-        return masks[0]
-    return union_masks(masks)
+    ids = structure_segment_ids(segmentation_node, key) if key in terminology.STRUCTURES else []
+    mask = segments_mask(segmentation_node, ids, reference_volume)
+    if mask.array.size == 0 and required:
+        name = terminology.STRUCTURES[key].name if key in terminology.STRUCTURES else key
+        raise InputDataError(
+            f"its segment(s) for {key!r} are empty." if ids else f"has no segment coded as {key!r}.",
+            subject=segmentation_node.GetName(),
+            fix=f"segment the {name} and give the segment its terminology (Slicer's TerminologyEntry), "
+            "or name the segment in the plan by name or ID.",
+        )
+    return mask
 
 
 def union_masks(masks: Sequence[GridArray]) -> GridArray:
@@ -626,23 +618,41 @@ def union_masks(masks: Sequence[GridArray]) -> GridArray:
 def territories_from_segmentation(
     segmentation_node,
     reference_volume,
-    organ_key: str,
-    branch_keys: Sequence[str],
+    organ_key: str | None,
+    branch_keys: Sequence[str] | Mapping[str, Sequence[str]],
     *,
+    organ_segment_ids: Sequence[str] | None = None,
+    organ_name: str | None = None,
     geodesic: bool = True,
     progress: ProgressCallback | None = None,
 ) -> TerritoryMap:
     """Territories of a structure of a segmentation node, seeded from its vessel branches.
 
-    Structures are found by their ``SlicerVSP.StructureKey`` tag (compound structures as the
-    union of their parts). Branches absent from the segmentation are refused; present branches
-    that do not reach the organ get an empty territory and a warning.
+    Structures are found by their terminology codes (compound structures without a segment of
+    their own as the union of their parts), or given as segment IDs: ``organ_segment_ids``
+    instead of ``organ_key``, and ``branch_keys`` as {branch name: segment IDs}. Branches
+    absent from the segmentation are refused; present branches that do not reach the organ get
+    an empty territory and a warning.
     """
-    organ = structure_mask(segmentation_node, organ_key, reference_volume)
+    if organ_segment_ids is not None:
+        organ = segments_mask(segmentation_node, organ_segment_ids, reference_volume)
+        if organ.array.size == 0:
+            raise InputDataError(
+                "the organ's segments are empty.",
+                subject=segmentation_node.GetName(),
+                fix="segment the organ first.",
+            )
+    else:
+        if organ_key is None:
+            raise InputDataError("no organ was given.", subject="territories", fix="name the organ.")
+        organ = structure_mask(segmentation_node, organ_key, reference_volume)
     branches = {}
     missing = []
     for key in branch_keys:
-        mask = structure_mask(segmentation_node, key, reference_volume, required=False)
+        if isinstance(branch_keys, Mapping):
+            mask = segments_mask(segmentation_node, branch_keys[key], reference_volume)
+        else:
+            mask = structure_mask(segmentation_node, key, reference_volume, required=False)
         if mask.array.size == 0:
             missing.append(key)
         branches[key] = mask
@@ -652,7 +662,9 @@ def territories_from_segmentation(
             subject=segmentation_node.GetName(),
             fix="segment the branches or leave them out of the branch list.",
         )
-    return compute_territories(organ, branches, geodesic=geodesic, organ_name=organ_key, progress=progress)
+    return compute_territories(
+        organ, branches, geodesic=geodesic, organ_name=organ_name or organ_key or "organ", progress=progress
+    )
 
 
 def territory_colour(branch_colour: Sequence[float]) -> tuple[float, float, float]:
@@ -660,10 +672,14 @@ def territory_colour(branch_colour: Sequence[float]) -> tuple[float, float, floa
     return tuple(float(c) + (1.0 - float(c)) * _TERRITORY_LIGHTEN for c in branch_colour)  # type: ignore[return-value]
 
 
-def _branch_display(segmentation_node, key: str) -> tuple[str, tuple[float, float, float]]:
+def _branch_display(
+    segmentation_node, key: str, segment_ids_of_branch: Sequence[str] | None = None
+) -> tuple[str, tuple[float, float, float]]:
     """Display name and colour of a branch: from its segment when there is one, else its term."""
     if segmentation_node is not None:
-        ids = structure_segment_ids(segmentation_node, key)
+        ids = list(segment_ids_of_branch or [])
+        if not ids and key in terminology.STRUCTURES:
+            ids = structure_segment_ids(segmentation_node, key)
         if ids:
             segment = segmentation_node.GetSegmentation().GetSegment(ids[0])
             return segment.GetName(), tuple(segment.GetColor())  # type: ignore[return-value]
@@ -685,31 +701,43 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
 def add_territory_segments(
     scene,
     territories: TerritoryMap,
-    organ_key: str,
+    organ_key: str | None,
     *,
     reference_volume=None,
     source_segmentation=None,
     name: str | None = None,
+    organ_segment_id: str | None = None,
+    branch_segments: Mapping[str, Sequence[str]] | None = None,
 ):
     """A new segmentation node with one segment per non-empty territory.
 
     Segments are named "Territory <branch name>", coloured from the branch colour (lightened),
     coded with the organ's terminology (a territory is a part of the organ) and tagged
     ``SlicerVSP.TerritoryOf`` = branch key and ``SlicerVSP.TerritoryOrgan`` = organ key.
-    Branch names and colours come from ``source_segmentation`` when it holds the branch.
+    Branch names and colours come from ``source_segmentation`` when it holds the branch (found
+    by code, or as ``branch_segments`` {branch: segment IDs}). ``organ_segment_id``, a segment
+    holding the whole organ, gives the organ's terminology entry and name when ``organ_key`` is
+    None or the segment codes it.
     """
-    organ_term = terminology.term(organ_key)
-    organ_entry = terminology.terminology_entry(organ_term)
+    organ_term = terminology.STRUCTURES.get(organ_key) if organ_key else None
+    organ_entry = terminology.terminology_entry(organ_term) if organ_term is not None else ""
+    organ_name = organ_term.name if organ_term is not None else (organ_key or "organ")
     if source_segmentation is not None:
-        organ_ids = structure_segment_ids(source_segmentation, organ_key)
-        if organ_ids:
-            entry = segment_tag(
-                source_segmentation.GetSegmentation().GetSegment(organ_ids[0]), "TerminologyEntry"
-            )
-            # A compound organ's first part carries the part's code, not the organ's.
-            if entry and not terminology.STRUCTURES[organ_key].parts:
+        whole = [organ_segment_id] if organ_segment_id else []
+        if not whole and organ_term is not None and not organ_term.parts:
+            whole = structure_segment_ids(source_segmentation, organ_key)
+        if organ_term is not None and organ_term.parts and not whole:
+            # A compound organ's own segment, if it has one (its parts carry other codes).
+            match = structures.find_structure(source_segmentation, organ_key)
+            whole = match.segment_ids if match is not None and match.whole else []
+        if whole:
+            segment = source_segmentation.GetSegmentation().GetSegment(whole[0])
+            entry = segment_tag(segment, "TerminologyEntry")
+            if entry:
                 organ_entry = entry
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"Territories {organ_term.name}")
+            if organ_term is None:
+                organ_name = segment.GetName()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"Territories {organ_name}")
     node.CreateDefaultDisplayNodes()
     if reference_volume is not None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
@@ -726,10 +754,13 @@ def add_territory_segments(
         if segment_id is None:
             continue  # an empty territory has no segment
         segment = segmentation.GetSegment(segment_id)
-        branch_name, branch_colour = _branch_display(source_segmentation, branch)
+        branch_name, branch_colour = _branch_display(
+            source_segmentation, branch, (branch_segments or {}).get(branch)
+        )
         segment.SetName(f"Territory {branch_name}")
         segment.SetColor(*territory_colour(branch_colour))
-        segment.SetTag("TerminologyEntry", organ_entry)
+        if organ_entry:
+            segment.SetTag("TerminologyEntry", organ_entry)
         segment.SetTag(TERRITORY_OF_TAG, branch)
-        segment.SetTag(TERRITORY_ORGAN_TAG, organ_key)
+        segment.SetTag(TERRITORY_ORGAN_TAG, organ_key or organ_name)
     return node

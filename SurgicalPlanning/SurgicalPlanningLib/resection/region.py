@@ -25,6 +25,7 @@ from VSPCoreLib.arrays import GridArray, grid_array_to_oriented_image, segment_m
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report
 
+from ..structures import structure_key_of_segment, structure_segment_ids
 from .geometry import (
     MeshDistance,
     WorkGrid,
@@ -35,7 +36,6 @@ from .geometry import (
     unit_axes,
 )
 
-STRUCTURE_KEY_TAG = "SlicerVSP.StructureKey"
 # Far beyond any margin: the value of the tumour distance outside the box where it is computed.
 FAR_MM = 1.0e6
 
@@ -96,28 +96,32 @@ def segment_info(segmentation_node, segment_id: str) -> SegmentInfo:
             subject=segmentation_node.GetName(),
             fix=f"use one of: {', '.join(ids)}.",
         )
-    key = vtk.reference("")
-    segment.GetTag(STRUCTURE_KEY_TAG, key)
-    return SegmentInfo(segment_id, segment.GetName(), str(key) or None, tuple(segment.GetColor()))
+    # The structure key is what the segment's terminology codes stand for (no private tag).
+    key = structure_key_of_segment(segment)
+    return SegmentInfo(segment_id, segment.GetName(), key, tuple(segment.GetColor()))
 
 
 def segment_ids_for_keys(segmentation_node, keys) -> list[str]:
-    """Segment IDs of the segments tagged with the given structure keys, in the keys' order."""
-    segmentation = segmentation_node.GetSegmentation()
-    by_key: dict[str, str] = {}
-    for n in range(segmentation.GetNumberOfSegments()):
-        key = vtk.reference("")
-        segmentation.GetNthSegment(n).GetTag(STRUCTURE_KEY_TAG, key)
-        if str(key):
-            by_key.setdefault(str(key), segmentation.GetNthSegmentID(n))
-    missing = [key for key in keys if key not in by_key]
+    """Segment IDs of the segments coded as the given structures, in the keys' order.
+
+    Structures are found by their terminology codes (``SurgicalPlanningLib.structures``); a
+    compound structure without a segment of its own gives the segments of its parts.
+    """
+    found: list[str] = []
+    missing = []
+    for key in keys:
+        ids = structure_segment_ids(segmentation_node, key)
+        if not ids:
+            missing.append(key)
+        found += [sid for sid in ids if sid not in found]
     if missing:
         raise InputDataError(
-            f"has no segment for the structure(s) {', '.join(missing)}.",
+            f"has no segment coded as the structure(s) {', '.join(missing)}.",
             subject=segmentation_node.GetName(),
-            fix="segment them first, or choose the segments by ID.",
+            fix="segment them and give them their terminology, or choose the segments by name or ID "
+            "(plan fields organ/tumour/vessel_tree, or vsp plan --organ/--tumour).",
         )
-    return [by_key[key] for key in keys]
+    return found
 
 
 def _world_masks(segmentation_node, segment_ids: list[str]) -> dict[str, GridArray]:

@@ -56,9 +56,10 @@ from VSPCoreLib.arrays import (
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report
 
+from ..structures import structure_key_of_segment
+
 Vec3 = tuple[float, float, float]
 
-STRUCTURE_KEY_TAG = "SlicerVSP.StructureKey"
 ISLAND_CONNECTIVITY = 26
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -181,12 +182,11 @@ def compute_segment_statistics(
     for index, segment_id in enumerate(ids):
         segment = segmentation.GetSegment(segment_id)
         report(progress, 0.1 + 0.9 * index / max(len(ids), 1), f"measuring {segment.GetName()}")
-        key = vtk.reference("")
-        has_key = segment.GetTag(STRUCTURE_KEY_TAG, key)
         row = SegmentStatistics(
             segment_id=segment_id,
             name=segment.GetName(),
-            structure_key=str(key) if has_key and str(key) else None,
+            # What the segment's terminology codes stand for (None: no code the table knows).
+            structure_key=structure_key_of_segment(segment),
             resampled=resampled[segment_id],
         )
         if row.resampled:
@@ -459,7 +459,7 @@ def _vec(values) -> Vec3:
 # Column name (the JSON key), title, unit label, number of components, description.
 _COLUMNS: tuple[tuple[str, str, str, int, str], ...] = (
     ("segment", "Segment", "", 0, "segment name"),
-    ("structure_key", "Structure", "", 0, "SlicerVSP structure key (terminology)"),
+    ("structure_key", "Structure", "", 0, "SlicerVSP structure key, from the segment's terminology codes"),
     ("voxel_count", "Voxels", "", 1, "number of voxels on the source volume's grid"),
     ("volume_mL", "Volume", "mL", 1, "volume"),
     ("volume_mm3", "Volume", "mm3", 1, "volume"),
