@@ -129,7 +129,9 @@ def code_item(code) -> Dataset:
 
 def _check_uid(value: str, what: str) -> str:
     value = str(value or "").strip()
-    if not value or not UID(value).is_valid:
+    with _quiet():  # pydicom warns, quoting the value, before saying it is invalid
+        valid = bool(value) and UID(value).is_valid
+    if not valid:
         raise DicomObjectError(
             f"{value!r} is not a valid DICOM UID.",
             subject=what,
