@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read series that are not CT (e.g. MR) or have RescaleSlope 0 too (values are not HU)",
     )
     info.set_defaults(handler=_info)
+    _add_model_commands(commands, common)
 
     imp = commands.add_parser(
         "import-dicom",
@@ -493,6 +494,103 @@ def _tool_names() -> list[str]:
         "smooth", "joint-smooth", "margin", "hollow", "fill-holes", "union", "subtract", "intersect",
         "invert", "copy", "clear", "add-segment", "vessel-connected-to-seed", "vessel-split-tree",
     ]  # fmt: skip
+
+
+def _add_model_commands(commands, common) -> None:
+    """`vsp export-model` and `vsp import-model`: DICOM 3D manufacturing models (Encapsulated STL)."""
+    exp_model = commands.add_parser(
+        "export-model",
+        parents=[common],
+        help="store an STL model as a DICOM Encapsulated STL (modality M3D) in its CT's study",
+        description="Write an STL (millimetres, LPS: as Slicer saves it) as a DICOM Encapsulated STL "
+        "with the Manufacturing 3D Model module: patient, study and Frame of Reference of the source "
+        "CT series, units mm, model usage, Model Group UID, colour. 3D Slicer's DICOM module loads it.",
+    )
+    exp_model.add_argument("model", type=Path, help="the .stl file")
+    exp_model.add_argument("--dicom", required=True, type=Path, help="folder of the source CT series")
+    exp_model.add_argument("--out", required=True, type=Path, help="output .dcm file")
+    exp_model.add_argument("--series-uid", help="the source series, when the folder holds several")
+    exp_model.add_argument("--name", help="the part's name (default: the file's stem)")
+    exp_model.add_argument("--usage", choices=("planning", "educational", "tool"), default="planning")
+    exp_model.add_argument("--group-uid", help="Model Group UID of the assembly (default: a new one)")
+    exp_model.add_argument("--color", type=_rgb, help="display colour R,G,B (0-255 each)")
+    exp_model.set_defaults(handler=_export_model)
+
+    imp_model = commands.add_parser(
+        "import-model",
+        parents=[common],
+        help="extract the STL from a DICOM Encapsulated STL",
+        description="Check a DICOM model (Encapsulated STL, modality M3D, units mm) and write the "
+        "STL it holds, byte for byte as it was stored; print its name, colour, usage, frame of "
+        "reference and model group.",
+    )
+    imp_model.add_argument("model", type=Path, help="the DICOM file")
+    imp_model.add_argument("--out", required=True, type=Path, help="output .stl file")
+    imp_model.set_defaults(handler=_import_model)
+
+
+def _rgb(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a colour: give R,G,B with each 0-255 (e.g. 230,50,20)"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _export_model(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from CasePortalConnectorLib.dicom_objects import ModelFile, export_model_dicom
+
+    if args.model.suffix.lower() != ".stl":
+        raise VSPError(
+            f"has suffix {args.model.suffix or '(none)'!r}; vsp export-model takes an STL.",
+            subject=str(args.model),
+            fix="give the part as .stl (OBJ with MTL: CasePortalConnectorLib.dicom_objects.export_models_dicom).",
+        )
+    written = export_model_dicom(
+        ModelFile(args.model, name=args.name, color=args.color),
+        args.dicom,
+        args.out,
+        series_uid=args.series_uid,
+        usage=args.usage,
+        model_group_uid=args.group_uid,
+    )
+    progress.done()
+    for key, value in written.to_dict().items():
+        print(f"{key:<24}{value}")
+    return 0
+
+
+def _import_model(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from CasePortalConnectorLib.dicom_objects import read_model_dicom
+
+    document = read_model_dicom(args.model)
+    if document.kind != "stl":
+        raise VSPError(
+            f"holds an {document.kind.upper()} model; vsp import-model extracts STL models.",
+            subject=str(args.model),
+            fix="use CasePortalConnectorLib.dicom_objects.read_model_dicom for OBJ/MTL.",
+        )
+    if args.out.suffix.lower() != ".stl":
+        raise VSPError("is not an .stl file name.", subject=str(args.out), fix="name the output MODEL.stl.")
+    document.save(args.out)
+    progress.done()
+    color = ",".join(str(c) for c in document.color) if document.color else "-"
+    for key, value in (
+        ("saved", args.out),
+        ("name", document.name),
+        ("units", document.units),
+        ("color", color),
+        ("usage", document.usage or "-"),
+        ("frame_of_reference_uid", document.frame_of_reference_uid),
+        ("model_group_uid", document.model_group_uid or "-"),
+        ("bytes", len(document.data)),
+    ):
+        print(f"{key:<24}{value}")
+    return 0
 
 
 def _load_volume_input(app, path: Path, progress):

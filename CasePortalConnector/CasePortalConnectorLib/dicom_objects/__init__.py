@@ -1,4 +1,5 @@
-"""DICOM objects for planning results: segmentations (DICOM SEG), later encapsulated STL/PDF.
+"""DICOM objects for planning results: segmentations (DICOM SEG), 3D models (Encapsulated STL,
+OBJ, MTL; modality M3D) and reports (Encapsulated PDF).
 
 The names are loaded on first use, so importing this package does not import pydicom and
 highdicom (the Slicer module file may import it at start-up, before the Python requirements are
@@ -19,6 +20,20 @@ _EXPORTS = {
     "terminology_entry_from_description": "seg",
     "SEG_STORAGE": "seg",
     "LABELMAP_SEG_STORAGE": "seg",
+    "ModelFile": "model",
+    "ModelDocument": "model",
+    "WrittenModel": "model",
+    "export_model_dicom": "model",
+    "export_models_dicom": "model",
+    "read_model_dicom": "model",
+    "MODEL_USAGES": "model",
+    "ENCAPSULATED_STL_STORAGE": "model",
+    "ENCAPSULATED_OBJ_STORAGE": "model",
+    "ENCAPSULATED_MTL_STORAGE": "model",
+    "Equipment": "encapsulated",
+    "WrittenDocument": "encapsulated",
+    "export_pdf_dicom": "encapsulated",
+    "ENCAPSULATED_PDF_STORAGE": "encapsulated",
 }
 
 __all__ = sorted(_EXPORTS)
