@@ -67,3 +67,11 @@ def test_non_ascii_segment_names_round_trip(tmp_path, name, source_charset, expe
         for n in range(node.GetSegmentation().GetNumberOfSegments())
     ]
     assert names == [name]
+
+
+def test_this_environment_satisfies_the_slicer_requirements():
+    """Here and in .venv-slicer512 (Slicer 5.12's pinned pydicom/highdicom/dicomweb-client)
+    what VSPCore.ensurePythonRequirements checks is met, so it would install nothing."""
+    from VSPCoreLib.requirements import unmet_requirements
+
+    assert unmet_requirements() == []
