@@ -6,8 +6,6 @@ segmentation service live in CasePortalConnectorLib (no Qt) and reach this panel
 written.
 """
 
-import urllib.parse
-
 import slicer
 import vtk
 from slicer.i18n import tr as _
@@ -20,6 +18,9 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+from CasePortalConnectorLib.errors import ConnectorError
+from CasePortalConnectorLib.settings import check_store_url
 
 #
 # CasePortalConnector
@@ -129,8 +130,12 @@ class CasePortalConnectorWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if not url.strip():
             self.ui.storeUrlStatusLabel.text = _("No store URL set.")
             return
-        problem = self.logic.storeUrlProblem(url)
-        self.ui.storeUrlStatusLabel.text = problem or _(
+        try:
+            self.logic.checkStoreUrl(url)
+        except ConnectorError as error:
+            self.ui.storeUrlStatusLabel.text = f"{error.message} {error.fix or ''}".strip()
+            return
+        self.ui.storeUrlStatusLabel.text = _(
             "Address recorded (not contacted: this version does not connect)."
         )
 
@@ -150,21 +155,11 @@ class CasePortalConnectorLogic(ScriptedLoadableModuleLogic):
         return CasePortalConnectorParameterNode(super().getParameterNode())
 
     @staticmethod
-    def storeUrlProblem(url):
-        """What is wrong with a store URL, as a message for the user, or None when it is usable.
-
-        The URL is saved with the scene, so user names and passwords in it are refused.
-        """
-        parts = urllib.parse.urlsplit(url.strip())
-        if parts.scheme not in ("https", "http"):
-            return _("The store URL must start with https:// (or http:// for a store on this computer).")
-        if not parts.hostname:
-            return _("The store URL has no server name.")
-        if parts.username is not None or parts.password is not None:
-            return _("Remove the user name and password from the URL: it is saved with the scene.")
-        if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
-            return _("Use https:// for a store on another computer: http sends patient data unencrypted.")
-        return None
+    def checkStoreUrl(url):
+        """The store URL as it will be used (CasePortalConnectorLib.settings.check_store_url);
+        raises ConnectorError naming the problem and the fix. The URL is saved with the scene,
+        so user names and passwords in it are refused."""
+        return check_store_url(url)
 
 
 #
@@ -190,10 +185,20 @@ class CasePortalConnectorTest(ScriptedLoadableModuleTest):
             CasePortalConnectorLogic().getParameterNode().storeUrl, "https://pacs.example.org/dicom-web"
         )
 
-        self.assertIsNone(logic.storeUrlProblem("https://pacs.example.org/dicom-web"))
-        self.assertIsNone(logic.storeUrlProblem("http://127.0.0.1:8042/dicom-web"))
-        self.assertIsNotNone(logic.storeUrlProblem("https://user:secret@pacs.example.org/dicom-web"))
-        self.assertIsNotNone(logic.storeUrlProblem("http://pacs.example.org/dicom-web"))
-        self.assertIsNotNone(logic.storeUrlProblem("ftp://pacs.example.org/"))
-        self.assertIsNotNone(logic.storeUrlProblem("https:///dicom-web"))
+        # The same Lib check the pytest suite (Testing/test_connector_settings.py) runs.
+        self.assertEqual(
+            logic.checkStoreUrl(" https://pacs.example.org/dicom-web/ "), "https://pacs.example.org/dicom-web"
+        )
+        self.assertEqual(
+            logic.checkStoreUrl("http://127.0.0.1:8042/dicom-web"), "http://127.0.0.1:8042/dicom-web"
+        )
+        for unusable in (
+            "https://user:secret@pacs.example.org/dicom-web",
+            "http://pacs.example.org/dicom-web",
+            "ftp://pacs.example.org/",
+            "https:///dicom-web",
+            "",
+        ):
+            with self.assertRaises(ConnectorError):
+                logic.checkStoreUrl(unusable)
         self.delayDisplay("Test passed")

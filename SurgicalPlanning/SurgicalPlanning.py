@@ -4,13 +4,13 @@ The panel is thin: it reads the parameter node and calls SurgicalPlanningLogic, 
 SurgicalPlanningLib. SurgicalPlanningLib has no Qt; the same functions serve the `vsp` command and
 the pytest suites, and the self-test below runs them inside Slicer.
 
-The Lib modules with heavy dependencies (pydicom, SimpleITK, scipy) are imported where they are
-used, after `ensurePythonRequirements()`, so that Slicer can always load this module and never
-installs packages while starting up.
+The Lib modules with heavy dependencies (pydicom, SimpleITK, scipy) are imported inside the
+logic methods, and every widget handler (button, Sample Data) calls `ensurePythonRequirements()`
+before it reaches them, as Slicer's scripted module template does: Slicer can always load this
+module, never installs packages while starting up, and logic stays free of user interaction.
 """
 
 import contextlib
-import json
 import logging
 import os
 import pathlib
@@ -33,17 +33,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from SurgicalPlanningLib import case_folders
+from SurgicalPlanningLib.case_folders import DEFAULT_GRID_SIZE, GRID_SIZES
 from VSPCore import ensurePythonRequirements
 from VSPCoreLib.errors import VSPError
-from VSPCoreLib.progress import report, scaled
-
-# Phantom grid sizes offered in the panel: label -> shape (columns, rows, slices).
-GRID_SIZES = {
-    "Small (128 × 128 × 75)": (128, 128, 75),
-    "Medium (256 × 256 × 150)": (256, 256, 150),
-    "Full (512 × 512 × 300)": (512, 512, 300),
-}
-DEFAULT_GRID_SIZE = "Medium (256 × 256 × 150)"
+from VSPCoreLib.progress import scaled
 
 SAMPLE_DATA_CATEGORY = "SlicerVSP"
 SAMPLE_DATA_NAME = "VSPKidneyPhantom"
@@ -106,6 +100,7 @@ class SamplePhantomDownloader:
         with slicer.util.tryWithErrorDisplay(
             _("Failed to create the SlicerVSP sample case."), waitCursor=True
         ):
+            ensurePythonRequirements()
             with progressDialog(_("Creating the SlicerVSP sample case")) as progress:
                 loaded = SurgicalPlanningLogic().loadSamplePhantom(progress=progress)
             showLoadedVolume(loaded.volume_node)
@@ -396,6 +391,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onGenerateSampleCase(self) -> None:
         parameterNode = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to create the sample case."), waitCursor=True):
+            ensurePythonRequirements()
             with progressDialog(_("Creating the sample case")) as progress:
                 # generateAndLoadSampleCase in two steps: the plan section needs the case folder.
                 created = self.logic.createSampleCase(
@@ -420,6 +416,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onComputeStatistics(self) -> None:
         parameterNode = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to compute the segment statistics."), waitCursor=True):
+            ensurePythonRequirements()
             with progressDialog(_("Computing segment statistics")) as progress:
                 tableNode, rows = self.logic.computeStatistics(
                     parameterNode.statisticsSegmentation, parameterNode.statisticsVolume, progress=progress
@@ -437,6 +434,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         caseDir, loaded = sampleCase
         with slicer.util.tryWithErrorDisplay(_("Failed to compute the sample plan."), waitCursor=True):
+            ensurePythonRequirements()
             with progressDialog(_("Computing the sample plan")) as progress:
                 plan, planPath = self.logic.computeSamplePlan(
                     caseDir, loaded.segmentation_node, loaded.volume_node, progress=progress
@@ -447,6 +445,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onComputePlanFile(self) -> None:
         parameterNode = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Failed to compute the plan."), waitCursor=True):
+            ensurePythonRequirements()
             with progressDialog(_("Computing the plan")) as progress:
                 plan = self.logic.computePlanFile(
                     parameterNode.planFile,
@@ -467,6 +466,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onScanDicomFolder(self) -> None:
         folder = self._parameterNode.dicomFolder
         with slicer.util.tryWithErrorDisplay(_("Failed to scan the DICOM folder."), waitCursor=True):
+            ensurePythonRequirements()
             with progressDialog(_("Scanning DICOM folder")) as progress:
                 series = self.logic.scanDicomFolder(folder, progress=progress)
             self._setScannedSeries(series, folder)
@@ -518,6 +518,7 @@ class SurgicalPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if series is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to load the DICOM series."), waitCursor=True):
+            ensurePythonRequirements()
             with progressDialog(_("Loading DICOM series")) as progress:
                 volumeNode, dicomVolume = self.logic.loadDicomSeries(
                     self._scannedFolder, series.series_uid, progress=progress
@@ -553,14 +554,7 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def gridShape(gridSize):
         """The phantom shape (columns, rows, slices) for a GRID_SIZES label."""
-        try:
-            return GRID_SIZES[gridSize]
-        except KeyError:
-            raise VSPError(
-                _("Unknown grid size {gridSize!r}.").format(gridSize=gridSize),
-                subject=_("Sample case grid size"),
-                fix=_("Choose one of: {choices}.").format(choices=", ".join(GRID_SIZES)),
-            ) from None
+        return case_folders.grid_shape(gridSize)
 
     @staticmethod
     def defaultSampleOutputDirectory():
@@ -572,7 +566,7 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def caseFolderName(shape, seed):
-        return f"kidney-phantom-{'x'.join(str(n) for n in shape)}-seed{int(seed)}"
+        return case_folders.case_folder_name(shape, seed)
 
     def createSampleCase(self, outputDirectory, gridSize=DEFAULT_GRID_SIZE, seed=0, progress=None):
         """Write the phantom case (DICOM series, NRRD files, case.json) into a new folder.
@@ -581,37 +575,20 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
         an existing folder is never written into (a numbered name is used instead), so files of
         two cases never mix. Returns the Lib's created case (``.case_dir``, ``.dicom_dir``).
         """
-        shape = self.gridShape(gridSize)
-        if not isPathSet(outputDirectory):
-            raise VSPError(
-                _("No output folder is set."),
-                subject=_("Sample case"),
-                fix=_("Choose the folder to write the case into."),
-            )
-        outputDirectory = pathlib.Path(outputDirectory)
-        outputDirectory.mkdir(parents=True, exist_ok=True)
-        name = self.caseFolderName(shape, seed)
-        caseDir = outputDirectory / name
-        number = 1
-        while caseDir.exists():
-            number += 1
-            caseDir = outputDirectory / f"{name}-{number}"
-        return self._writeSampleCase(caseDir, shape, seed, progress)
+        from SurgicalPlanningLib import sample_flow
 
-    @staticmethod
-    def _writeSampleCase(caseDir, shape, seed, progress):
-        ensurePythonRequirements()
-        from SurgicalPlanningLib import sample_case
-
-        logging.info(f"SurgicalPlanning: creating sample case {shape}, seed {seed}, in {caseDir}")
-        return sample_case.create_sample_case(caseDir, shape=shape, seed=int(seed), progress=progress)
+        logging.info(
+            f"SurgicalPlanning: creating a sample case ({gridSize}, seed {seed}) in {outputDirectory}"
+        )
+        return sample_flow.create_new_sample_case(
+            outputDirectory, grid_size=gridSize, seed=seed, progress=progress
+        )
 
     def loadSampleCase(self, caseDirectory, progress=None):
         """Load a phantom case folder into the scene.
 
         Returns the Lib's loaded case (``.volume_node``, ``.segmentation_node``, ``.summary``).
         """
-        ensurePythonRequirements()
         from SurgicalPlanningLib import sample_case
         from VSPCoreLib.app import get_application
 
@@ -630,31 +607,24 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
         The Lib writes the case's case.json last (atomically): a cached folder without it is
         what an interrupted generation left behind and is discarded, never loaded.
         """
-        shape = self.gridShape(gridSize)
-        ensurePythonRequirements()
-        from SurgicalPlanningLib.sample_case import CASE_FILE
+        from SurgicalPlanningLib import sample_flow
 
-        cacheRoot = pathlib.Path(cacheDirectory or self.defaultSampleDataDirectory())
-        caseDir = cacheRoot / self.caseFolderName(shape, seed)
-        if (caseDir / CASE_FILE).is_file():
-            report(progress, 0.7, _("Using the cached sample case"))
-        else:
-            if caseDir.exists():
-                shutil.rmtree(caseDir)
-            cacheRoot.mkdir(parents=True, exist_ok=True)
-            self._writeSampleCase(caseDir, shape, seed, scaled(progress, 0.0, 0.7))
+        caseDir, _reused = sample_flow.sample_phantom_case(
+            cacheDirectory or self.defaultSampleDataDirectory(),
+            grid_size=gridSize,
+            seed=seed,
+            progress=scaled(progress, 0.0, 0.7),
+        )
         return self.loadSampleCase(caseDir, progress=scaled(progress, 0.7, 1.0))
 
     def scanDicomFolder(self, folder, progress=None):
         """The image series in ``folder`` (a list of SeriesInfo)."""
-        ensurePythonRequirements()
         from VSPCoreLib import dicom as dicom_series
 
         return dicom_series.scan_folder(pathlib.Path(folder), progress=progress)
 
     def loadDicomSeries(self, folder, seriesUID, name=None, progress=None):
         """Load one series of ``folder`` into the scene: (volume node, DicomVolume with .warnings)."""
-        ensurePythonRequirements()
         from VSPCoreLib import dicom as dicom_series
         from VSPCoreLib.app import get_application
 
@@ -677,7 +647,6 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
         """Statistics of every segment, measured on ``volumeNode``'s grid (HU values from it) when
         given: (new table node "Segment statistics", list of the Lib's SegmentStatistics rows)."""
         self._requireNodes(_("Segment statistics"), segmentationNode, volumeRequired=False)
-        ensurePythonRequirements()
         from SurgicalPlanningLib.segmentation import statistics
 
         rows = statistics.compute_segment_statistics(segmentationNode, volumeNode, progress=progress)
@@ -686,28 +655,12 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
     def computeSamplePlan(self, caseDir, segmentationNode, volumeNode, progress=None):
         """The sample case's two-variant plan, computed on the case's nodes and saved as the case
         folder's plan.json: (Lib Plan with the results, path of the plan file)."""
-        self._requireNodes(_("Sample plan"), segmentationNode, volumeNode)
-        ensurePythonRequirements()
-        from SurgicalPlanningLib import planning
-        from SurgicalPlanningLib.plan import save_plan_file
-        from SurgicalPlanningLib.sample_case import CASE_FILE
+        from SurgicalPlanningLib import sample_flow
         from VSPCoreLib.app import get_application
 
-        caseDir = pathlib.Path(caseDir)
-        casePath = caseDir / CASE_FILE
-        if not casePath.is_file():
-            raise VSPError(
-                _("Not a sample case folder (no {file}).").format(file=CASE_FILE),
-                subject=str(caseDir),
-                fix=_("Generate the sample case first."),
-            )
-        caseFacts = json.loads(casePath.read_text(encoding="utf-8"))
-        plan = planning.sample_plan(caseFacts, volumeNode, case_id=f"VSP-PHANTOM-{caseFacts.get('seed', 0)}")
-        inputs = planning.PlanningInputs(get_application(), segmentationNode, volumeNode)
-        planning.compute_plan(inputs, plan, progress=scaled(progress, 0.0, 0.98))
-        planPath = save_plan_file(plan, caseDir)
-        report(progress, 1.0, _("Plan saved to {path}").format(path=planPath))
-        return plan, planPath
+        return sample_flow.compute_sample_plan(
+            get_application(), pathlib.Path(caseDir), segmentationNode, volumeNode, progress=progress
+        )
 
     def computePlanFile(self, planPath, segmentationNode, volumeNode, progress=None):
         """Compute every variant of a plan file (plan.json, or a folder holding one) on the given
@@ -717,7 +670,6 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
                 _("No plan file is set."), subject=_("Plan"), fix=_("Choose a plan file (plan.json).")
             )
         self._requireNodes(_("Plan"), segmentationNode, volumeNode)
-        ensurePythonRequirements()
         from SurgicalPlanningLib import planning
         from SurgicalPlanningLib.plan import load_plan_file
         from VSPCoreLib.app import get_application
@@ -752,6 +704,8 @@ class SurgicalPlanningTest(ScriptedLoadableModuleTest):
     SMALL = "Small (128 × 128 × 75)"
 
     def setUp(self):
+        # The self-test stands in for the panel's buttons: it ensures the packages as they do.
+        ensurePythonRequirements()
         slicer.mrmlScene.Clear()
         self.tempDir = pathlib.Path(tempfile.mkdtemp(prefix="SurgicalPlanningTest-"))
 

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # Set up SlicerVSP for headless use and for its tests: Debian packages (when run as root on
-# Debian/Ubuntu), a virtual environment in .venv and the three Lib packages installed editable.
+# Debian/Ubuntu), a virtual environment in .venv and the Lib packages installed editable.
 # Safe to run again: it installs only what is missing.
+#
+# --with-slicer512 also makes .venv-slicer512: the same install on the minimum Slicer version
+# (slicer-core 5.12.4.0 and the pydicom, highdicom and dicomweb-client versions Slicer 5.12
+# bundles, pinned in Testing/constraints-slicer-5.12.txt). Testing/run_tests.sh runs the DICOM
+# suites in it. It is made again only when the constraints or pyproject.toml change (their hash
+# is kept in .venv-slicer512/setup.sha256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+WITH_SLICER512=0
+for argument in "$@"; do
+  case "$argument" in
+    --with-slicer512) WITH_SLICER512=1 ;;
+    *) echo "setup: unknown option $argument (known: --with-slicer512)" >&2; exit 2 ;;
+  esac
+done
 
 # Debian packages: dicom3tools (dciodvfy validates the DICOM objects we write), Mesa for
 # offscreen rendering. Missing ones only, so that a prepared machine does not wait on apt.
@@ -30,4 +44,18 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+
+if [ "$WITH_SLICER512" = 1 ]; then
+  CONSTRAINTS_512=Testing/constraints-slicer-5.12.txt
+  stamp=$(cat "$CONSTRAINTS_512" pyproject.toml | sha256sum | cut -d" " -f1)
+  if [ ! -x .venv-slicer512/bin/python ] || [ "$(cat .venv-slicer512/setup.sha256 2>/dev/null)" != "$stamp" ]; then
+    echo "setup: creating .venv-slicer512 (Slicer 5.12: $(grep -v '^#' "$CONSTRAINTS_512" | tr '\n' ' '))"
+    rm -rf .venv-slicer512
+    "$PYTHON" -m venv .venv-slicer512
+    .venv-slicer512/bin/python -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS_512" \
+      -e ".[test]" dicomweb-client
+    # Written last: an interrupted install is redone next time.
+    echo "$stamp" >.venv-slicer512/setup.sha256
+  fi
+fi
 echo "setup: done. Try: .venv/bin/vsp --help"

@@ -597,12 +597,13 @@ def _lib_dotted(path: Path) -> str:
     raise ValueError(path)
 
 
-def eager_external_imports(tree: ast.Module) -> dict[str, set[str]]:
+def eager_external_imports(tree: ast.Module, *, deep: bool = False) -> dict[str, set[str]]:
     """Top-level packages outside the Lib that importing a module file pulls in at once.
 
     Follows the module file's module-level imports of Lib modules, their parent packages'
     ``__init__`` and, transitively, their own module-level imports. Returns
-    {external top-level name: {the Lib modules importing it}}.
+    {external top-level name: {the Lib modules importing it}}. With ``deep``, the imports
+    inside the Lib modules' functions are followed too: what calling into them may need.
     """
     found: dict[str, set[str]] = {}
     visited: set[str] = set()
@@ -616,7 +617,13 @@ def eager_external_imports(tree: ast.Module) -> dict[str, set[str]]:
             visited.add(name)
             path = lib_module_path(name)
             if path is not None:
-                scan(_module_level_imports(ast.parse(path.read_text(encoding="utf-8"))), name, path)
+                lib_tree = ast.parse(path.read_text(encoding="utf-8"))
+                imports = (
+                    [n for n in ast.walk(lib_tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+                    if deep
+                    else _module_level_imports(lib_tree)
+                )
+                scan(imports, name, path)
 
     def scan(imports, importer: str, path: Path | None) -> None:
         for node in imports:
@@ -642,3 +649,202 @@ def eager_external_imports(tree: ast.Module) -> dict[str, set[str]]:
 
     scan(_module_level_imports(tree), "<module file>", None)
     return found
+
+
+# --------------------------------------------------------------------------------------------
+# Where Python requirements are ensured: widget handlers, never logic
+# --------------------------------------------------------------------------------------------
+
+
+def _calls_in_order(node: ast.AST) -> list[ast.Call]:
+    """Every call inside ``node`` in source order (nested function definitions excluded)."""
+    calls = []
+
+    def visit(current: ast.AST) -> None:
+        for child in ast.iter_child_nodes(current):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                continue
+            if isinstance(child, ast.Call):
+                calls.append(child)
+            visit(child)
+
+    visit(node)
+    return sorted(calls, key=lambda c: (c.lineno, c.col_offset))
+
+
+def _function_imports(function: ast.FunctionDef) -> list[ast.Import | ast.ImportFrom]:
+    return [n for n in ast.walk(function) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def class_methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def is_call_of(call: ast.Call, name: str) -> bool:
+    """``name(...)`` or ``something.name(...)``."""
+    func = call.func
+    return (isinstance(func, ast.Name) and func.id == name) or (
+        isinstance(func, ast.Attribute) and func.attr == name
+    )
+
+
+def heavy_logic_methods(logic: ast.ClassDef, light: set[str]) -> dict[str, set[str]]:
+    """{method: the packages beyond ``light`` (and the standard library) it reaches}: through the
+    Lib modules it imports inside its body, and through the other logic methods it calls."""
+    import sys
+
+    methods = class_methods(logic)
+    direct: dict[str, set[str]] = {}
+    for name, method in methods.items():
+        imports = [
+            n
+            for n in _function_imports(method)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            and (
+                any(a.name.split(".")[0] in LIB_PACKAGES for a in n.names)
+                if isinstance(n, ast.Import)
+                else n.level == 0 and (n.module or "").split(".")[0] in LIB_PACKAGES
+            )
+        ]
+        external = (
+            eager_external_imports(ast.Module(body=imports, type_ignores=[]), deep=True) if imports else {}
+        )
+        direct[name] = {p for p in external if p not in light and p not in sys.stdlib_module_names}
+    # Methods calling other methods of the logic (self.x(), Class.x()) reach what those reach.
+    reach = {name: set(packages) for name, packages in direct.items()}
+    changed = True
+    while changed:
+        changed = False
+        for name, method in methods.items():
+            for call in _calls_in_order(method):
+                if isinstance(call.func, ast.Attribute) and call.func.attr in methods:
+                    owner = ast.unparse(call.func.value)
+                    if owner in ("self", logic.name, "cls") and not reach[call.func.attr] <= reach[name]:
+                        reach[name] |= reach[call.func.attr]
+                        changed = True
+    return {name: packages for name, packages in reach.items() if packages}
+
+
+def logic_call_name(call: ast.Call, logic_name: str) -> str | None:
+    """The logic method a call reaches: ``self.logic.m()``, ``logic.m()`` or ``<Logic>().m()``."""
+    func = call.func
+    if not isinstance(func, ast.Attribute):
+        return None
+    owner = func.value
+    if ast.unparse(owner) in ("self.logic", "logic"):
+        return func.attr
+    if isinstance(owner, ast.Call) and ast.unparse(owner.func) == logic_name:
+        return func.attr
+    return None
+
+
+def requirement_events(
+    function: ast.FunctionDef,
+    siblings: dict[str, ast.FunctionDef],
+    heavy: dict[str, set[str]],
+    logic_name: str,
+    ensure_name: str = "ensurePythonRequirements",
+    _seen: frozenset[str] = frozenset(),
+) -> list[tuple[str, str, int]]:
+    """In source order, what a handler does that matters here: ('ensure', name, line) for a
+    requirements check, ('heavy', logic method, line) for a call of logic that reaches required
+    packages; calls of sibling methods (self.x()) are followed where they happen."""
+    events = []
+    for call in _calls_in_order(function):
+        if is_call_of(call, ensure_name):
+            events.append(("ensure", ensure_name, call.lineno))
+            continue
+        method = logic_call_name(call, logic_name)
+        if method is not None and method in heavy:
+            events.append(("heavy", method, call.lineno))
+            continue
+        func = call.func
+        if (
+            isinstance(func, ast.Attribute)
+            and ast.unparse(func.value) == "self"
+            and func.attr in siblings
+            and func.attr not in _seen
+        ):
+            events.extend(
+                requirement_events(
+                    siblings[func.attr], siblings, heavy, logic_name, ensure_name, _seen | {function.name}
+                )
+            )
+    return events
+
+
+def handler_entry_points(cls: ast.ClassDef) -> list[str]:
+    """Methods Slicer or Qt call: those connected to signals or observers, those no other method
+    of the class calls (setup, enter, ...), and ``__call__``."""
+    methods = class_methods(cls)
+    called = set()
+    connected = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self" and node.attr in methods:
+            called.add(node.attr)
+        if (
+            isinstance(node, ast.Call)
+            and is_call_of(node, "connect")
+            or (isinstance(node, ast.Call) and is_call_of(node, "addObserver"))
+        ):
+            for argument in node.args:
+                text = ast.unparse(argument)
+                if text.startswith("self.") and text.removeprefix("self.") in methods:
+                    connected.add(text.removeprefix("self."))
+    return sorted(connected | (set(methods) - called))
+
+
+#: What a module file may reach without ensuring the Python requirements: Slicer itself.
+SLICER_ITSELF = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "SampleData", "__future__", CORE_MODULE}
+#: Calls that install or check Python packages.
+REQUIREMENT_CALLS = ("ensurePythonRequirements", "pip_ensure", "pip_install")
+
+
+def requirement_problems(tree: ast.Module, module: str) -> tuple[list[str], list[str]]:
+    """Where a module file ensures its Python requirements wrongly: (problems, checked handlers).
+
+    Logic never installs or checks packages (it runs in scripts and tests without a user to
+    ask), nor does importing the file; every entry point of the GUI (a widget's handlers, the
+    Sample Data downloader) calls ``ensurePythonRequirements()`` before it reaches logic that
+    uses Lib code needing packages beyond Slicer itself.
+    """
+    problems: list[str] = []
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    logic_name = f"{module}Logic"
+    for name, cls in classes.items():
+        if name.endswith("Logic"):
+            calls = sorted((n for n in ast.walk(cls) if isinstance(n, ast.Call)), key=lambda c: c.lineno)
+            for call in calls:
+                for forbidden in REQUIREMENT_CALLS:
+                    if is_call_of(call, forbidden):
+                        problems.append(
+                            f"{module}.py:{call.lineno}: {name} calls {forbidden}() (logic never does)"
+                        )
+    for statement in _walk_module_level(tree.body):
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for call in _calls_in_order(statement):
+            if any(is_call_of(call, forbidden) for forbidden in REQUIREMENT_CALLS):
+                problems.append(f"{module}.py:{call.lineno}: packages ensured at import time")
+
+    logic = classes.get(logic_name)
+    heavy = heavy_logic_methods(logic, SLICER_ITSELF) if logic is not None else {}
+    checked: list[str] = []
+    for name, cls in classes.items():
+        if name.endswith(("Logic", "Test")) or name == module:
+            continue
+        methods = class_methods(cls)
+        for entry in handler_entry_points(cls):
+            events = requirement_events(methods[entry], methods, heavy, logic_name)
+            first_heavy = next((e for e in events if e[0] == "heavy"), None)
+            if first_heavy is None:
+                continue
+            checked.append(f"{name}.{entry}")
+            # Events are in the order they happen (sibling methods expanded where they are called).
+            ensured = any(e[0] == "ensure" for e in events[: events.index(first_heavy)])
+            if not ensured:
+                problems.append(
+                    f"{module}.py:{first_heavy[2]}: {name}.{entry} reaches {logic_name}.{first_heavy[1]} "
+                    f"(needs {sorted(heavy[first_heavy[1]])}) without ensurePythonRequirements() first"
+                )
+    return problems, checked

@@ -38,6 +38,7 @@ from slicer_static import (
     parse_python,
     parse_ui,
     qt_uses,
+    requirement_problems,
     ui_attribute_uses,
 )
 
@@ -484,11 +485,11 @@ def test_module_code_uses_existing_lib_names(module):
     assert not problems, "module code refers to Lib names that do not exist:\n" + "\n".join(problems)
 
 
-#: What Slicer's own Python has (5.10 and later: Slicer's SuperBuild installs these) and a module
-#: file may import when Slicer loads it. pydicom is bundled too, but the Lib needs pydicom 3 and
-#: Slicer 5.10 ships 2.4, so it is not listed.
-#: Everything else (scipy, pydicom 3, pylibjpeg, ...) is imported inside the logic methods, after
-#: ensurePythonRequirements(), so that a missing package never stops Slicer from loading the module.
+#: What Slicer's own Python has (Slicer's SuperBuild installs these) and a module file may import
+#: when Slicer loads it. Slicer 5.12 bundles pydicom and highdicom too, but they are imported
+#: lazily like everything else the requirements list (scipy, pylibjpeg, ...): inside the logic
+#: methods, reached only after a widget handler's ensurePythonRequirements(), so that a missing or
+#: old package never stops Slicer from loading the module.
 SLICER_BUNDLED = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "SimpleITK", "sitkUtils", "requests"}
 SLICER_BUNDLED |= {"SampleData", "__future__"}
 #: The library module (a dependency, so Slicer loads it first) and the pure-Python parts of its Lib.
@@ -535,3 +536,154 @@ def test_slicer_requirements_match_pyproject():
         f"{path.relative_to(REPO)} is out of step with pyproject.toml: "
         f"missing {sorted(expected - listed)}, extra {sorted(listed - expected)}"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Python requirements are ensured by the widget, never by logic (Slicer's module template)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ALL_MODULES)
+def test_requirements_are_ensured_by_widget_handlers_never_by_logic(module):
+    problems, _checked = requirement_problems(_module_tree(module), module)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_requirements_check_covers_the_planning_panel():
+    """The analysis sees SurgicalPlanning's handlers reach Lib code needing packages, so the test
+    above checks them (it would pass vacuously if the analysis found nothing)."""
+    _problems, checked = requirement_problems(_module_tree("SurgicalPlanning"), "SurgicalPlanning")
+    for handler in (
+        "SurgicalPlanningWidget.onGenerateSampleCase",
+        "SurgicalPlanningWidget.onScanDicomFolder",
+        "SurgicalPlanningWidget.onLoadSelectedSeries",
+        "SurgicalPlanningWidget.onComputeStatistics",
+        "SurgicalPlanningWidget.onComputeSamplePlan",
+        "SurgicalPlanningWidget.onComputePlanFile",
+        "SamplePhantomDownloader.__call__",
+    ):
+        assert handler in checked, f"{handler} not recognised as reaching heavy Lib code: {checked}"
+
+
+_BAD_MODULE = """
+import slicer
+from VSPCore import ensurePythonRequirements
+
+ensurePythonRequirements()
+
+
+class BadWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def setup(self):
+        self.ui.scanButton.connect("clicked(bool)", self.onScan)
+        self.ui.planButton.connect("clicked(bool)", self.onPlan)
+
+    def onScan(self):
+        series = self.logic.scan("/data")
+        ensurePythonRequirements()
+
+    def onPlan(self):
+        ensurePythonRequirements()
+        self._plan()
+
+    def _plan(self):
+        return self.logic.plan()
+
+    def onDoubleClick(self):
+        self._plan()
+
+
+class BadLogic(ScriptedLoadableModuleLogic):
+    def scan(self, folder):
+        ensurePythonRequirements()
+        from VSPCoreLib import dicom
+
+        return dicom.scan_folder(folder)
+
+    def plan(self):
+        return self._compute()
+
+    def _compute(self):
+        from SurgicalPlanningLib import planning
+
+        return planning
+"""
+
+
+def test_the_requirements_check_finds_each_kind_of_mistake():
+    problems, checked = requirement_problems(ast.parse(_BAD_MODULE), "Bad")
+    text = "\n".join(problems)
+    assert "BadLogic calls ensurePythonRequirements()" in text
+    assert "packages ensured at import time" in text
+    # onScan ensures only after calling the logic; onDoubleClick (an unconnected method nobody
+    # calls: Slicer or Qt may) reaches plan() through _plan() without ensuring.
+    assert "BadWidget.onScan reaches BadLogic.scan" in text
+    assert "BadWidget.onDoubleClick reaches BadLogic.plan" in text
+    assert "onPlan" not in text and "BadWidget.onPlan" in checked
+    assert len(problems) == 4, text
+
+
+# --------------------------------------------------------------------------------------------
+# Slicer 5.12 is the minimum: its bundled DICOM packages satisfy our requirements
+# --------------------------------------------------------------------------------------------
+
+#: What Slicer 5.12 bundles (SuperBuild/External_python-dicom-requirements.cmake). Installing
+#: SlicerVSP must never replace them: Slicer's own DICOM module runs on them.
+SLICER_512_BUNDLED = {"pydicom": "3.0.2", "highdicom": "0.27.0", "dicomweb-client": "0.61.0"}
+SLICER_512_CORE = "5.12.4.0"  # PyPI slicer-core, the headless twin of the Slicer 5.12 desktop
+SLICER_512_VTK = "9.6.0"  # what slicer-core 5.12.4.0 pins
+CONSTRAINTS_512 = REPO / "Testing" / "constraints-slicer-5.12.txt"
+
+
+def _requirements():
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = {"pyproject.toml": [Requirement(d) for d in pyproject["project"]["dependencies"]]}
+    path = REPO / CORE_MODULE / "Resources" / "requirements.txt"
+    listed[path.relative_to(REPO).as_posix()] = [
+        Requirement(line.split("#", 1)[0].strip())
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    return listed
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_slicer_512_bundled_dicom_packages_satisfy_the_requirements():
+    for where, requirements in _requirements().items():
+        by_name = {_canonical(r.name): r for r in requirements}
+        for package in ("pydicom", "highdicom"):
+            assert package in by_name, f"{where} does not list {package}"
+        for package, version in SLICER_512_BUNDLED.items():
+            requirement = by_name.get(package)
+            if requirement is None:
+                continue
+            assert requirement.specifier.contains(version), (
+                f"{where}: {requirement} excludes {package} {version}, which Slicer 5.12 bundles: "
+                "installing SlicerVSP would replace the package Slicer's DICOM module runs on"
+            )
+        assert not by_name.get("pydicom").specifier.contains("2.4.4"), (
+            f"{where}: the importer needs pydicom 3 (Slicer 5.10's 2.4.4 must not pass)"
+        )
+    dependencies = {_canonical(r.name): r for r in _requirements()["pyproject.toml"]}
+    assert dependencies["slicer-core"].specifier.contains(SLICER_512_CORE)
+    assert not dependencies["slicer-core"].specifier.contains("5.11.0.6"), "Slicer 5.12 is the minimum"
+    assert dependencies["vtk"].specifier.contains(SLICER_512_VTK)
+
+
+def test_the_slicer_512_constraints_pin_the_bundled_versions():
+    pins = {}
+    for line in CONSTRAINTS_512.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[_canonical(name)] = version.strip()
+    assert pins == {"slicer-core": SLICER_512_CORE, **SLICER_512_BUNDLED}
+    # The test command runs the DICOM suites in the venv made with these constraints.
+    script = (REPO / "Testing" / "run_tests.sh").read_text(encoding="utf-8")
+    assert ".venv-slicer512/bin/python -m pytest" in script
+    assert CONSTRAINTS_512.name in (REPO / "Testing" / "setup.sh").read_text(encoding="utf-8")

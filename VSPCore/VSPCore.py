@@ -43,25 +43,9 @@ class VSPCoreLogic(ScriptedLoadableModuleLogic):
 
 def unmetRequirements(requirementsPath=REQUIREMENTS_FILE):
     """The requirement lines of ``requirementsPath`` that the running Python does not satisfy."""
-    from importlib import metadata
+    from VSPCoreLib.requirements import unmet_requirements
 
-    from packaging.requirements import Requirement
-
-    unmet = []
-    with open(requirementsPath, encoding="utf-8") as requirementsFile:
-        for line in requirementsFile:
-            line = line.split("#", 1)[0].strip()
-            if not line or line.startswith("-"):
-                continue
-            requirement = Requirement(line)
-            try:
-                installed = metadata.version(requirement.name)
-            except metadata.PackageNotFoundError:
-                unmet.append(str(requirement))
-                continue
-            if not requirement.specifier.contains(installed, prereleases=True):
-                unmet.append(str(requirement))
-    return unmet
+    return unmet_requirements(requirementsPath)
 
 
 def ensurePythonRequirements():

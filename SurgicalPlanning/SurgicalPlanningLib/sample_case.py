@@ -25,9 +25,9 @@ from VSPCoreLib.progress import ProgressCallback, report, scaled
 from VSPCoreLib.terminology import term, terminology_entry
 
 from . import __version__
+from .case_folders import CASE_FILE
 from .segmentation import statistics
 
-CASE_FILE = "case.json"
 SCENE_NAME = "SampleCase"
 
 

@@ -788,6 +788,13 @@ def _character_set(first: Dataset, texts: Sequence[str]) -> Any:
     return "ISO_IR 192" if any(not text.isascii() for text in texts) else None
 
 
+def _highdicom_takes_character_set() -> bool:
+    """Whether highdicom's SOP classes accept ``specific_character_set`` (0.28 and later)."""
+    import inspect
+
+    return "specific_character_set" in inspect.signature(hd.base.SOPClass.__init__).parameters
+
+
 def export_seg(
     segmentation_node: slicer.vtkMRMLSegmentationNode,
     source_files_or_datasets: PathLike | Sequence[PathLike | Dataset],
@@ -888,6 +895,13 @@ def export_seg(
                 fix="export as BINARY (keeps overlaps) or remove the overlap.",
             )
     texts = [series_description, content_label, *(d.SegmentLabel for d in descriptions)]
+    character_set = _character_set(series.datasets[0], texts)
+    # highdicom 0.28 takes the character set as an argument (and otherwise copies the source's,
+    # even an empty one, which it then rejects); 0.27.0, the version Slicer 5.12 bundles, has no
+    # such argument and writes none: there it is set on the dataset below (pydicom encodes the
+    # text with it when saving).
+    charset_argument = _highdicom_takes_character_set()
+    extra = {"specific_character_set": character_set} if charset_argument else {}
     try:
         with _quiet():
             seg = hd.seg.Segmentation(
@@ -908,9 +922,11 @@ def export_seg(
                 content_label=_content_label(content_label),
                 series_description=series_description[:64],
                 max_fractional_value=255,
-                specific_character_set=_character_set(series.datasets[0], texts),
                 coding_schemes=_private_schemes(descriptions, manufacturer),
+                **extra,
             )
+        if character_set and not charset_argument:
+            seg.SpecificCharacterSet = character_set
     except DicomObjectError:
         raise
     except Exception as exc:
