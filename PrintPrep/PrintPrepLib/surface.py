@@ -5,12 +5,14 @@ of its cortex and medulla segments). Its binary labelmaps are merged with Slicer
 ``vtkOrientedImageDataResample.MergeImage`` and turned into a closed surface by Slicer's
 ``vtkBinaryLabelmapToClosedSurfaceConversionRule`` (discrete flying edges, windowed-sinc
 smoothing, decimation), with the parameters the user chooses (:class:`SurfaceOptions`).
-Optional supersampling resamples the part's labelmap onto a finer grid first (linear
-interpolation of the mask, threshold at one half), so that small structures (vessels two or
-three voxels across) keep their shape and volume through smoothing.
+Optional supersampling resamples the part's labelmap onto a grid an odd number of times finer
+first (each voxel becomes 3×3×3 finer voxels, nearest neighbour, so the fine grid stays centred on
+the original one), so that small structures (vessels one to three voxels across) keep their
+shape and volume: the converter's corner cutting and smoothing then act at the fine scale.
 
 :func:`fidelity` compares a finished mesh with the labelmap it came from: the symmetric surface
-distance between the mesh and the labelmap's boundary (its iso-surface at one half, unsmoothed)
+distance between the mesh and the labelmap's boundary (the voxel faces between inside and
+outside, Slicer's converter with surface nets and no smoothing)
 as mean and 95th percentile in mm, and the volume difference in per cent of the labelmap's voxel
 volume. A part over tolerance is flagged, never silently passed.
 """
@@ -30,6 +32,9 @@ from VSPCoreLib.errors import InputDataError
 from .mesh import polydata_to_trimesh
 
 BINARY_LABELMAP = "Binary labelmap"
+# "auto" supersampling: parts at most this many voxels thick are supersampled by AUTO_FACTOR.
+AUTO_THICKNESS_VOXELS = 8.0
+AUTO_FACTOR = 3.0
 CLOSED_SURFACE = "Closed surface"
 
 
@@ -39,11 +44,12 @@ class SurfaceOptions:
 
     ``smoothing_factor``: 0 (none) to 1 (strong), Slicer's "Smoothing factor".
     ``decimation_factor``: 0 (none) to 1, the share of triangles removed, Slicer's "Decimation factor".
-    ``supersampling``: 1 (none) or more; the labelmap is resampled this many times finer in each
-    direction before conversion. ``"auto"`` supersamples parts thinner than about four voxels.
+    ``supersampling``: 1 (none), 3 or 5 (odd, so that the fine grid stays centred on the
+    original); the labelmap is resampled this many times finer in each direction before
+    conversion. ``"auto"`` supersamples parts about eight voxels thick or thinner by 3.
     """
 
-    smoothing_factor: float = 0.2
+    smoothing_factor: float = 0.15
     decimation_factor: float = 0.0
     supersampling: float | str = "auto"
 
@@ -60,11 +66,11 @@ class SurfaceOptions:
                 subject="surface options",
                 fix="choose a decimation factor from 0 (none) up to, not including, 1.",
             )
-        if self.supersampling != "auto" and not 1.0 <= float(self.supersampling) <= 4.0:
+        if self.supersampling != "auto" and self.supersampling not in (1, 3, 5):
             raise InputDataError(
-                f"supersampling {self.supersampling} is outside 1..4.",
+                f"supersampling {self.supersampling!r} is not 1, 3, 5 or 'auto'.",
                 subject="surface options",
-                fix="use 1 (none), a factor up to 4, or 'auto'.",
+                fix="use 1 (none), 3 or 5 (odd factors keep the grid centred), or 'auto'.",
             )
 
     def to_json(self) -> dict:
@@ -151,15 +157,15 @@ def _thickness_voxels(labelmap: PartLabelmap) -> float:
 
 
 def supersampling_factor(labelmap: PartLabelmap, options: SurfaceOptions) -> float:
-    """The supersampling used for this part: the user's factor, or for ``auto`` 2 for parts
-    about four voxels thick or thinner (vessels, small tumours), 1 otherwise."""
+    """The supersampling used for this part: the user's factor, or for ``auto`` 3 for parts
+    about eight voxels thick or thinner (vessels, small tumours), 1 otherwise."""
     if options.supersampling != "auto":
         return float(options.supersampling)
-    return 2.0 if _thickness_voxels(labelmap) <= 4.0 else 1.0
+    return AUTO_FACTOR if _thickness_voxels(labelmap) <= AUTO_THICKNESS_VOXELS else 1.0
 
 
 def _supersampled(image, factor: float):
-    """The binary image resampled ``factor`` times finer (linear interpolation, threshold ½)."""
+    """The binary image resampled ``factor`` (odd) times finer, nearest neighbour."""
     as_float = vtk.vtkImageCast()
     as_float.SetInputData(image)
     as_float.SetOutputScalarTypeToFloat()
@@ -173,7 +179,7 @@ def _supersampled(image, factor: float):
     pad.SetConstant(0.0)
     resample = vtk.vtkImageResample()
     resample.SetInputConnection(pad.GetOutputPort())
-    resample.SetInterpolationModeToLinear()
+    resample.SetInterpolationModeToNearestNeighbor()
     for axis in range(3):
         resample.SetAxisMagnificationFactor(axis, factor)
     threshold = vtk.vtkImageThreshold()
@@ -192,9 +198,13 @@ def _supersampled(image, factor: float):
 
 
 def labelmap_to_surface(
-    image, *, smoothing_factor: float, decimation_factor: float, compute_normals: bool = False
+    image, *, smoothing_factor: float, decimation_factor: float, compute_normals: bool = False, method: int = 0
 ) -> vtk.vtkPolyData:
-    """Slicer's own converter on one binary labelmap: a closed surface in RAS mm."""
+    """Slicer's own converter on one binary labelmap: a closed surface in RAS mm.
+
+    ``method`` 0 is Slicer's default (discrete flying edges); 1 is surface nets without
+    smoothing, the voxel faces themselves (the fidelity reference).
+    """
     segmentation = slicer.vtkSegmentation()
     segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
     segment = slicer.vtkSegment()
@@ -203,6 +213,9 @@ def labelmap_to_surface(
     segmentation.SetConversionParameter("Smoothing factor", str(float(smoothing_factor)))
     segmentation.SetConversionParameter("Decimation factor", str(float(decimation_factor)))
     segmentation.SetConversionParameter("Compute surface normals", "1" if compute_normals else "0")
+    if method:
+        segmentation.SetConversionParameter("Conversion method", "1")
+        segmentation.SetConversionParameter("SurfaceNets smoothing", "0")
     if not segmentation.CreateRepresentation(CLOSED_SURFACE, True):
         raise InputDataError("Slicer could not make a closed surface.", subject="part")
     return segment.GetRepresentation(CLOSED_SURFACE)
@@ -277,7 +290,7 @@ def fidelity(mesh: trimesh.Trimesh, labelmap: PartLabelmap, tolerance: Tolerance
     p95_limit = (
         tolerance.p95_distance_mm if tolerance.p95_distance_mm is not None else min(labelmap.spacing_mm)
     )
-    reference = labelmap_to_surface(labelmap.image, smoothing_factor=0.0, decimation_factor=0.0)
+    reference = labelmap_to_surface(labelmap.image, smoothing_factor=0.0, decimation_factor=0.0, method=1)
     model = trimesh_to_polydata(mesh)
     distances = np.concatenate([_distances(model, reference), _distances(reference, model)])
     mean = float(distances.mean())
