@@ -20,8 +20,8 @@ for argument in "$@"; do
 done
 
 # Debian packages: dicom3tools (dciodvfy validates the DICOM objects we write), Mesa for
-# offscreen rendering. Missing ones only, so that a prepared machine does not wait on apt.
-APT_PACKAGES=(dicom3tools libgl1 libegl1 libosmesa6)
+# offscreen rendering, PrusaSlicer and ADMesh (print preparation: slicing and STL checks). Missing ones only, so that a prepared machine does not wait on apt.
+APT_PACKAGES=(dicom3tools libgl1 libegl1 libosmesa6 prusa-slicer admesh)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -69,7 +69,9 @@ def mesh_counts(mesh: trimesh.Trimesh, *, self_intersections: bool = False) -> d
     counts = {
         "vertices": int(len(mesh.vertices)),
         "faces": int(len(mesh.faces)),
-        "shells": int(len(trimesh.graph.connected_components(merged.face_adjacency, nodes=np.arange(len(merged.faces)))))
+        "shells": int(
+            len(trimesh.graph.connected_components(merged.face_adjacency, nodes=np.arange(len(merged.faces))))
+        )
         if len(merged.faces)
         else 0,
         "boundary_edges": boundary,
@@ -117,7 +119,10 @@ def count_self_intersections(mesh: trimesh.Trimesh, *, chunk: int = 200_000) -> 
     pairs = tree.query_pairs(r=2.0 * float(radii.max()), output_type="ndarray")
     if len(pairs) == 0:
         return 0
-    close = np.linalg.norm(centres[pairs[:, 0]] - centres[pairs[:, 1]], axis=1) <= radii[pairs[:, 0]] + radii[pairs[:, 1]]
+    close = (
+        np.linalg.norm(centres[pairs[:, 0]] - centres[pairs[:, 1]], axis=1)
+        <= radii[pairs[:, 0]] + radii[pairs[:, 1]]
+    )
     pairs = pairs[close]
     fa, fb = faces[pairs[:, 0]], faces[pairs[:, 1]]
     shares = (fa[:, :, None] == fb[:, None, :]).any(axis=(1, 2))
@@ -129,7 +134,9 @@ def count_self_intersections(mesh: trimesh.Trimesh, *, chunk: int = 200_000) -> 
         hit = np.zeros(len(part), bool)
         for first, second in ((ta, tb), (tb, ta)):
             for i, j in ((0, 1), (1, 2), (2, 0)):
-                hit |= _segments_cross_triangles(first[:, i], first[:, j], second[:, 0], second[:, 1], second[:, 2])
+                hit |= _segments_cross_triangles(
+                    first[:, i], first[:, j], second[:, 0], second[:, 1], second[:, 2]
+                )
         crossing += int(np.count_nonzero(hit))
     return crossing
 
@@ -144,7 +151,9 @@ def decimate(mesh: trimesh.Trimesh, reduction: float) -> trimesh.Trimesh:
         return mesh
     if not 0.0 < reduction < 1.0:
         raise InputDataError(
-            f"decimation {reduction} is outside 0..1.", subject="decimation", fix="use a value from 0 up to 1."
+            f"decimation {reduction} is outside 0..1.",
+            subject="decimation",
+            fix="use a value from 0 up to 1.",
         )
     decimation = vtk.vtkQuadricDecimation()
     decimation.SetInputData(trimesh_to_polydata(mesh))
@@ -199,7 +208,9 @@ def _oriented(shells: list[trimesh.Trimesh]) -> trimesh.Trimesh:
     return shells[0]
 
 
-def repair(mesh: trimesh.Trimesh, options: RepairOptions | None = None, *, subject: str = "mesh") -> tuple[trimesh.Trimesh, dict]:
+def repair(
+    mesh: trimesh.Trimesh, options: RepairOptions | None = None, *, subject: str = "mesh"
+) -> tuple[trimesh.Trimesh, dict]:
     """A closed, 2-manifold, outward-oriented copy of ``mesh`` and a before/after report.
 
     Raises RepairError when the mesh cannot be made a closed 2-manifold (holes too complex

@@ -198,7 +198,12 @@ def _supersampled(image, factor: float):
 
 
 def labelmap_to_surface(
-    image, *, smoothing_factor: float, decimation_factor: float, compute_normals: bool = False, method: int = 0
+    image,
+    *,
+    smoothing_factor: float,
+    decimation_factor: float,
+    compute_normals: bool = False,
+    method: int = 0,
 ) -> vtk.vtkPolyData:
     """Slicer's own converter on one binary labelmap: a closed surface in RAS mm.
 
