@@ -228,7 +228,7 @@ def repair(
     shells = work.split(only_watertight=False) if len(work.faces) else []
     kept, removed = [], []
     for shell in shells:
-        volume = abs(float(shell.volume)) if shell.is_watertight else abs(float(shell.convex_hull.volume))
+        volume = abs(float(shell.volume)) if shell.is_watertight else float(shell.bounding_box.volume)
         if volume >= options.min_shell_volume_mm3:
             kept.append(shell)
         else:
