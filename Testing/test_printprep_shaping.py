@@ -120,6 +120,22 @@ def test_two_drain_holes_are_the_two_lowest_points_apart():
     assert report["closed_cavities"] == 0 and drained.is_watertight
 
 
+def test_each_pocket_of_a_dumbbell_gets_its_drain_hole():
+    # Two balls joined by a 3 mm rod: with a 2 mm wall the cavity is two separate pockets.
+    left, right = np.array([-20.0, 6.0, 4.0]), np.array([18.0, 6.0, 9.0])
+    solid = to_manifold(sphere(12.0, left, 4)) + to_manifold(sphere(9.0, right, 4))
+    solid = solid + Manifold.cylinder(40.0, 1.5, -1, 24).rotate((0, 90, 0)).translate((-21.0, 6.0, 6.5))
+    model = from_manifold(solid)
+    with pytest.raises(PrintPrepError, match="2 separate pockets"):
+        hollow(model, 2.0, drain_holes=1)
+    drained, report = hollow(model, 2.0, drain_holes=2, drain_diameter_mm=3.0)
+    assert report["cavity_pockets"] == 2 and report["closed_cavities"] == 0
+    assert len(drained.split(only_watertight=False)) == 1 and drained.is_watertight
+    holes = sorted((np.array(h["centre_ras_mm"]) for h in report["drain_holes"]), key=lambda c: c[0])
+    np.testing.assert_allclose(holes[0], left - (0, 0, 12.0), atol=0.6)
+    np.testing.assert_allclose(holes[1], right - (0, 0, 9.0), atol=0.6)
+
+
 def test_hollow_refuses_bad_input():
     with pytest.raises(PrintPrepError, match="nothing to hollow"):
         hollow(sphere(5.0, (0, 0, 0), 3), 6.0)
@@ -321,8 +337,22 @@ def test_label_refuses_bad_placement():
         add_label(model, "CASE 2026-0042", origin=(35, 25, 13), normal=(1, 0, 0), height_mm=10)
     with pytest.raises(PrintPrepError, match="empty"):
         add_label(model, "  ")
-    with pytest.raises(PrintPrepError, match="no flat region"):
+    with pytest.raises(PrintPrepError, match="no flat or gently curved region"):
         add_label(sphere(10, (0, 0, 0), 4), "TOO LONG A LABEL", height_mm=8)
+
+
+def test_label_without_flat_faces_goes_to_the_flattest_site():
+    # An ellipsoid 60 x 30 x 20 mm: flattest across its widest sides, none of them flat.
+    model = sphere(1.0, (0, 0, 0), 5)
+    model.apply_scale((30.0, 15.0, 10.0))
+    model.apply_translation((12.0, -8.0, 40.0))
+    labelled, report = add_label(model, "L7", height_mm=4.0, depth_mm=0.8)
+    assert report["placement"] == "flattest curved site"
+    assert labelled.is_watertight
+    # On the broad top (not the bottom, which faces the build plate), near the middle.
+    assert report["normal_ras"][2] > 0.9
+    assert abs(report["origin_ras_mm"][0] - 12.0) < 15.0
+    assert report["surface_relief_mm"] <= 2.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def to_manifold(mesh, name: str = "model"):
     import manifold3d
 
     check_mesh(mesh, name)
-    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
-    faces = np.ascontiguousarray(mesh.faces, dtype=np.uint64)
+    vertices = np.array(mesh.vertices, dtype=np.float64, order="C")  # plain, contiguous arrays
+    faces = np.array(mesh.faces, dtype=np.uint64, order="C")
     solid = manifold3d.Manifold(manifold3d.Mesh64(vert_properties=vertices, tri_verts=faces))
     status = solid.status()
     if status != manifold3d.Error.NoError or solid.is_empty():
@@ -96,9 +96,11 @@ def from_manifold(solid):
     import trimesh
 
     out = solid.to_mesh64()
-    vertices = np.asarray(out.vert_properties, dtype=np.float64)[:, :3]
+    vertices = np.array(np.asarray(out.vert_properties)[:, :3], dtype=np.float64, order="C")
     faces = np.asarray(out.tri_verts, dtype=np.int64)
-    return trimesh.Trimesh(vertices=vertices, faces=faces, process=True)
+    # process=False: keep manifold3d's topology (merging coincident vertices could pinch two
+    # sheets that only touch into a non-manifold edge).
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
 
 
 def checked(solid, operation: str, name: str = "model", *, allow_empty: bool = False):
@@ -174,3 +176,12 @@ def to_polydata(mesh):
     polydata.SetPoints(points)
     polydata.SetPolys(cells)
     return polydata
+
+
+def solid_bodies(solid) -> list:
+    """The separate solid bodies of a manifold (its components of positive volume).
+
+    manifold3d's decompose() also returns a sealed void inside a body as its own component,
+    with negative volume: it belongs to the body around it and is not counted.
+    """
+    return [body for body in solid.decompose() if body.volume() > 0]

@@ -19,7 +19,15 @@ import time
 import numpy as np
 
 from ..errors import PrintPrepError
-from ._common import checked, cylinder_between, from_manifold, positive, rotation_from_z, to_manifold
+from ._common import (
+    checked,
+    cylinder_between,
+    from_manifold,
+    positive,
+    rotation_from_z,
+    solid_bodies,
+    to_manifold,
+)
 
 AXES = ("R", "A", "S")
 
@@ -179,7 +187,7 @@ def split_to_fit(
             "extent_mm": np.round(extent, 3).tolist(),
             "volume_mm3": round(piece.volume(), 3),
             "watertight": bool(part.is_watertight),
-            "bodies": len(piece.decompose()),
+            "bodies": len(solid_bodies(piece)),
         }
         if not part.is_watertight:
             raise PrintPrepError(

@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import BooleanError, PrintPrepError
-from ._common import checked, cylinder_between, from_manifold, positive, to_manifold, unit_vector
+from ._common import (
+    checked,
+    cylinder_between,
+    from_manifold,
+    positive,
+    solid_bodies,
+    to_manifold,
+    unit_vector,
+)
 
 
 def _named_parts(parts) -> list[tuple[str, object]]:
@@ -82,7 +90,7 @@ def connect_parts(
     solids = [to_manifold(mesh, part_name) for part_name, mesh in named]
     volume_parts = float(sum(solid.volume() for solid in solids))
     fused = _union(solids, name)
-    bodies = fused.decompose()
+    bodies = solid_bodies(fused)
     vertices = [np.asarray(body.to_mesh64().vert_properties, dtype=float)[:, :3] for body in bodies]
     trees = [cKDTree(points) for points in vertices]
     # Which input parts each body holds (a part's first vertex lies on or in its body).
@@ -142,7 +150,7 @@ def connect_parts(
         fused = checked(
             manifold3d.Manifold.batch_boolean(everything, manifold3d.OpType.Add), "fusing struts", name
         )
-    pieces = len(fused.decompose())
+    pieces = len(solid_bodies(fused))
     if pieces != 1:
         raise BooleanError(
             f"the connected model still has {pieces} separate bodies after fusing {len(struts)} strut(s)",

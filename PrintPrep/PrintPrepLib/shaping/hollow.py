@@ -155,6 +155,25 @@ def _vertex_normals_near(mesh, point, radius):
     return normal / np.linalg.norm(normal)
 
 
+def _locator(mesh):
+    from vtkmodules.vtkCommonDataModel import vtkStaticCellLocator
+
+    locator = vtkStaticCellLocator()
+    locator.SetDataSet(to_polydata(mesh))
+    locator.BuildLocator()
+    return locator
+
+
+def _closest_point(locator, point) -> np.ndarray:
+    from vtkmodules.vtkCommonCore import reference
+
+    closest = [0.0, 0.0, 0.0]
+    locator.FindClosestPoint(
+        np.asarray(point, dtype=float), closest, reference(0), reference(0), reference(0.0)
+    )
+    return np.asarray(closest)
+
+
 def lowest_points(mesh, down, count: int, spacing: float) -> list[np.ndarray]:
     """The `count` lowest vertices along `down`, each at least `spacing` mm from the ones before."""
     height = mesh.vertices @ down  # larger is lower
@@ -178,14 +197,18 @@ def hollow(
     down=(0.0, 0.0, -1.0),
     hole_spacing_mm: float | None = None,
     voxel_mm: float | None = None,
+    min_cavity_mm3: float = 500.0,
     name: str = "model",
 ):
     """Hollow a closed model to a wall of `wall_mm` mm, with optional drain holes.
 
     drain_holes: how many holes (0 for none); drain_diameter_mm their diameter; down the build
-    direction in RAS (the model's lowest points along it get the holes, at least
-    hole_spacing_mm apart, default 4 diameters); voxel_mm the distance-field grid (default a
-    quarter of the wall, coarser only to stay under MAX_GRID_POINTS).
+    direction in RAS. The cavity's lowest points along `down` get the holes (at least one per
+    separate pocket of the cavity, the rest to the largest pockets, at least hole_spacing_mm
+    apart, default 4 diameters), each cut to the nearest point of the outer surface. Cavity
+    pockets under min_cavity_mm3 are left solid (tiny pockets cannot be drained). voxel_mm:
+    the distance-field grid (default a third of the wall, coarser only to stay under
+    MAX_GRID_POINTS).
 
     Returns (hollowed trimesh, report) with volumes in mm³ and mL, the holes' centres (RAS mm)
     and axes, the number of closed cavities left (0 when drained) and the time taken.
@@ -214,7 +237,7 @@ def hollow(
     outer = to_manifold(mesh, name)
     extent = np.ptp(np.asarray(mesh.bounds), axis=0)
     if voxel_mm is None:
-        spacing = max(wall / 4.0, float(np.prod(extent + 6 * wall / 4.0) / MAX_GRID_POINTS) ** (1 / 3))
+        spacing = max(wall / 3.0, float(np.prod(extent + 2 * wall) / MAX_GRID_POINTS) ** (1 / 3))
     else:
         spacing = positive(voxel_mm, "the voxel size (mm)", name)
         if np.prod(np.ceil(extent / spacing) + 7) > MAX_GRID_POINTS:
@@ -231,6 +254,19 @@ def hollow(
             fix="give a thinner wall, or print this part solid",
         )
     inner = to_manifold(cavity, f"{name} cavity")
+    pockets = sorted(inner.decompose(), key=lambda pocket: -pocket.volume())
+    smallest = positive(min_cavity_mm3, "the least cavity volume (mm³)", name)
+    kept = [pocket for pocket in pockets if pocket.volume() >= smallest]
+    if not kept:
+        raise PrintPrepError(
+            f"the cavity would be only pockets under {smallest} mm³, so there is nothing worth hollowing",
+            subject=name,
+            fix="give a thinner wall, or print this part solid",
+        )
+    if len(kept) < len(pockets):
+        import manifold3d
+
+        inner = manifold3d.Manifold.compose(kept)
     shell = checked(outer - inner, "hollowing (model minus cavity)", name)
     report = {
         "wall_thickness_mm": wall,
@@ -238,30 +274,48 @@ def hollow(
         "volume_before_mm3": round(outer.volume(), 3),
         "cavity_volume_mm3": round(inner.volume(), 3),
         "volume_after_mm3": round(shell.volume(), 3),
+        "cavity_pockets": len(kept),
+        "small_pockets_left_solid": len(pockets) - len(kept),
         "drain_holes": [],
     }
     if holes:
-        outer_mesh = mesh
-        points = lowest_points(outer_mesh, down, holes, spacing_holes)
-        if len(points) < holes:
+        if holes < len(kept):
             raise PrintPrepError(
-                f"only {len(points)} of {holes} drain holes fit {spacing_holes} mm apart",
+                f"the cavity comes in {len(kept)} separate pockets, so {holes} drain hole(s) cannot drain it",
                 subject=name,
-                fix="give fewer holes or a smaller spacing",
+                fix=f"give at least {len(kept)} drain holes, a thinner wall, or a larger min_cavity_mm3",
             )
+        # One hole per pocket, the rest to the largest pockets in turn.
+        share = [1] * len(kept)
+        for extra in range(holes - len(kept)):
+            share[extra % len(kept)] += 1
+        locator = _locator(mesh)
         tools = []
-        for point in points:
-            normal = _vertex_normals_near(outer_mesh, point, max(diameter, 1.0))
-            start = point + normal * (1.0 + diameter / 2)
-            end = point - normal * (1.5 * wall + spacing + diameter / 2)
-            tools.append(cylinder_between(start, end, diameter))
-            report["drain_holes"].append(
-                {
-                    "centre_ras_mm": np.round(point, 3).tolist(),
-                    "axis_ras": np.round(-normal, 4).tolist(),
-                    "diameter_mm": diameter,
-                }
-            )
+        for pocket, count in zip(kept, share, strict=True):
+            pocket_mesh = from_manifold(pocket)
+            points = lowest_points(pocket_mesh, down, count, spacing_holes)
+            if len(points) < count:
+                raise PrintPrepError(
+                    f"only {len(points)} of {count} drain holes fit {spacing_holes} mm apart in one pocket",
+                    subject=name,
+                    fix="give fewer holes or a smaller spacing",
+                )
+            for inside_point in points:
+                outside_point = _closest_point(locator, inside_point)
+                axis = inside_point - outside_point
+                if np.linalg.norm(axis) < 1e-6:
+                    axis = -_vertex_normals_near(mesh, outside_point, max(diameter, 1.0))
+                axis = axis / np.linalg.norm(axis)
+                start = outside_point - axis * (1.0 + diameter / 2)
+                end = inside_point + axis * (spacing + diameter / 2)
+                tools.append(cylinder_between(start, end, diameter))
+                report["drain_holes"].append(
+                    {
+                        "centre_ras_mm": np.round(outside_point, 3).tolist(),
+                        "axis_ras": np.round(axis, 4).tolist(),
+                        "diameter_mm": diameter,
+                    }
+                )
         import manifold3d
 
         shell = checked(

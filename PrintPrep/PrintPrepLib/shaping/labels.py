@@ -90,6 +90,8 @@ def find_flat_region(mesh, width_mm: float, height_mm: float, up=None, down=None
         normal /= np.linalg.norm(normal)
         if down is not None and float(normal @ down) > np.cos(np.radians(45)):
             continue
+        if np.min(mesh.face_normals[members] @ normal) < np.cos(np.radians(2 * FLAT_ANGLE_DEG)):
+            continue  # a smoothly curved region, not a flat one
         centre = (mesh.triangles_center[members] * weights[:, None]).sum(0) / weights.sum()
         x, y, _ = plane_axes(normal, up)
         corners = mesh.vertices[np.unique(mesh.faces[members])] - centre
@@ -102,14 +104,61 @@ def find_flat_region(mesh, width_mm: float, height_mm: float, up=None, down=None
     return None
 
 
-def _surface_offsets(mesh, points, normal, reach):
-    """Signed height (mm, along normal) of the surface under each point, NaN where the line misses."""
-    from vtkmodules.vtkCommonCore import reference
+def find_flattest_site(mesh, section, up=None, down=None, candidates: int = 300):
+    """(origin, normal, relief mm) of the sampled surface site where the label's outline meets the
+    surface with the least relief (for curved anatomy without flat faces), or None."""
+    rng = np.random.default_rng(0)
+    normals = mesh.face_normals
+    allowed = np.ones(len(mesh.faces), dtype=bool)
+    if down is not None:
+        allowed &= normals @ down <= np.cos(np.radians(45))
+    if not allowed.any():
+        return None
+    weights = mesh.area_faces * allowed
+    picks = rng.choice(
+        len(mesh.faces), size=min(candidates, int(allowed.sum())), replace=False, p=weights / weights.sum()
+    )
+    outline = np.vstack([np.vstack(section.to_polygons()), [[0.0, 0.0]]])
+    (xmin, ymin), (xmax, ymax) = np.asarray(section.bounds()).reshape(2, 2)
+    radius = max(xmax - xmin, ymax - ymin) / 2
+    reach = float(np.linalg.norm(np.ptp(mesh.bounds, axis=0))) + 1.0
+    locator = _locator(mesh)
+    best = None
+    for face in picks:
+        centre = mesh.triangles_center[face]
+        near = np.linalg.norm(mesh.triangles_center - centre, axis=1) <= radius
+        normal = (normals[near] * mesh.area_faces[near, None]).sum(0)
+        if np.linalg.norm(normal) < 1e-9:
+            continue
+        normal /= np.linalg.norm(normal)
+        try:
+            x, y, n = plane_axes(normal, up)
+        except PrintPrepError:
+            continue
+        world = centre + outline[:, :1] * x + outline[:, 1:] * y
+        offsets = _surface_offsets(mesh, world, n, reach, locator)
+        if np.isnan(offsets).any():
+            continue
+        relief = float(offsets.max() - offsets.min())
+        if best is None or relief < best[2]:
+            best = (centre, normal, relief)
+    return best
+
+
+def _locator(mesh):
     from vtkmodules.vtkCommonDataModel import vtkStaticCellLocator
 
     locator = vtkStaticCellLocator()
     locator.SetDataSet(to_polydata(mesh))
     locator.BuildLocator()
+    return locator
+
+
+def _surface_offsets(mesh, points, normal, reach, locator=None):
+    """Signed height (mm, along normal) of the surface under each point, NaN where the line misses."""
+    from vtkmodules.vtkCommonCore import reference
+
+    locator = locator or _locator(mesh)
     t = reference(0.0)
     x = [0.0, 0.0, 0.0]
     pcoords = [0.0, 0.0, 0.0]
@@ -142,7 +191,9 @@ def add_label(
 
     origin, normal: the plane in RAS mm (normal pointing out of the model), e.g. from a markups
     plane; both None to place it on the largest flat region that holds it and does not face
-    `down` (the build plate). up: the text's up
+    `down` (the build plate), or, on curved anatomy without one, on the sampled surface site
+    where the surface under the text varies least (at most the depth or half the
+    text height). up: the text's up
     direction (default superior, or anterior on planes facing up/down). height_mm: text height;
     depth_mm: how far it stands out (emboss) or cuts in (engrave).
 
@@ -167,17 +218,21 @@ def add_label(
     (xmin, ymin), (xmax, ymax) = np.asarray(section.bounds()).reshape(2, 2)
     placed = "given plane"
     if origin is None and normal is None:
-        found = find_flat_region(
-            mesh, xmax - xmin, ymax - ymin, up, unit_vector(down, "the down vector", name)
-        )
+        down_vector = unit_vector(down, "the down vector", name)
+        found = find_flat_region(mesh, xmax - xmin, ymax - ymin, up, down_vector)
+        placed = "largest flat region"
+        if found is None:
+            site = find_flattest_site(mesh, section, up, down_vector)
+            if site is not None and site[2] <= max(depth, (ymax - ymin) / 2):
+                found = site[:2]
+                placed = "flattest curved site"
         if found is None:
             raise PrintPrepError(
-                f"no flat region of the model holds a {xmax - xmin:.1f} × {ymax - ymin:.1f} mm label",
+                f"no flat or gently curved region of the model holds a {xmax - xmin:.1f} × {ymax - ymin:.1f} mm label",
                 subject=name,
                 fix="give the label plane (origin and normal), or a smaller label height",
             )
         origin, normal = found
-        placed = "largest flat region"
     elif origin is None or normal is None:
         raise PrintPrepError(
             "a label plane needs both an origin and a normal",
