@@ -357,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, required=True, help="a new or empty folder for the files")
     prep.add_argument("--json", action="store_true", help="print the device record as JSON")
     prep.set_defaults(handler=_print_prep)
+
+    from .cli_service import register as register_service
+
+    register_service(commands, common)
     return parser
 
 
@@ -1040,7 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
         except VSPError as error:
             progress.done()
             print(f"vsp {args.command}: error: {error}", file=sys.stderr)
-            return EXIT_INPUT
+            return getattr(error, "exit_code", EXIT_INPUT)
         except KeyboardInterrupt as interruption:
             signum = getattr(interruption, "signum", signal.SIGINT)
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"

@@ -1,0 +1,541 @@
+"""The segmentation service behind one interface: settings, errors, jobs and the job store.
+
+A *backend* (MONAI Label server, local engine, ...) takes a :class:`InferRequest` and runs it as
+a :class:`Job`: ``submit`` records the job (state ``submitted``) in the :class:`JobStore` *before*
+anything is sent, ``run`` does the work and saves the result label map beside the job store
+(state ``result_saved``), and the caller imports it (:mod:`.results`, state ``done``). After a
+restart, ``vsp service resume`` picks a job up from its record: a result already saved is
+imported again without a second submit; a job whose answer never arrived is submitted again
+(the attempt is counted).
+
+Exit codes of ``vsp service`` (the error's ``exit_code``): 2 bad input (including an unknown
+model), 4 the service cannot be reached (or the connection was lost), 5 credentials refused
+(401/403), 6 the service failed (server error, timeout, malformed answer), 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from VSPCoreLib import files
+from VSPCoreLib.errors import VSPError
+
+from ..errors import ConnectorError
+
+EXIT_UNREACHABLE = 4
+EXIT_AUTH = 5
+EXIT_SERVICE = 6
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+SETTINGS_ENV = "VSP_SERVICE_SETTINGS"
+URL_ENV = "VSP_SERVICE_URL"
+TOKEN_FILE_ENV = "VSP_SERVICE_TOKEN_FILE"
+MODEL_ENV = "VSP_SERVICE_MODEL"
+
+
+class ServiceError(ConnectorError):
+    """The service could not do what was asked (exit code 6 unless a subclass says otherwise)."""
+
+    exit_code = EXIT_SERVICE
+
+
+class ServiceUnreachable(ServiceError):
+    """No connection to the service, or the connection was lost during a request."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class ServiceAuthError(ServiceError):
+    """The service refused the credentials (401/403), or they are missing or unreadable."""
+
+    exit_code = EXIT_AUTH
+
+
+class ServiceTimeout(ServiceError):
+    """The service did not answer within the time allowed."""
+
+
+class ServiceRequestError(ServiceError):
+    """A request the service cannot serve as asked (unknown model, image, ...): a user's input."""
+
+    exit_code = 2
+
+
+class JobCancelled(ServiceError):
+    """The job was cancelled by the user."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServiceSettings:
+    """Where and how to reach a segmentation service. Never holds credentials themselves:
+    ``token_file`` names a file readable only by the user (0600) holding a token or
+    ``{"username": ..., "password": ...}``."""
+
+    backend: str = "local"  # "monailabel" | "local"
+    url: str = ""
+    model: str = ""
+    name: str = ""
+    token_file: str = ""
+    ca_bundle: str = ""  # a CA bundle file for TLS; default: the system's
+    verify_tls: bool = True  # False only explicitly, per service, and warned about
+    external: bool = False  # outside the hospital network: de-identified data only
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 600.0  # the longest a single answer may take (an infer on a large volume)
+    retries: int = 3
+    backoff_s: float = 0.5
+    save_label: bool = False  # send the corrected label back to the server's datastore
+    engine: str = "classical"  # local backend: "classical" or "totalsegmentator"
+
+    def public(self) -> dict[str, Any]:
+        """The settings as saved in job records and provenance (no credentials in them)."""
+        data = dataclasses.asdict(self)
+        data["url"] = redact_url(self.url)
+        return data
+
+
+def check_service_url(url: str) -> str:
+    """The service's root URL without a trailing slash; ConnectorError when it cannot be used."""
+    text = (url or "").strip()
+    subject = "Service URL"
+    example = "Enter an address like https://gpu.example.org:8000."
+    if not text:
+        raise ServiceRequestError("No service URL is set.", subject=subject, fix=f"{example} (or {URL_ENV})")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as error:
+        raise ServiceRequestError(
+            f"This is not a valid URL ({error}).", subject=subject, fix=example
+        ) from None
+    if parts.scheme not in ("https", "http") or not hostname:
+        raise ServiceRequestError(
+            "The service URL must start with https:// (or http:// for a service on this computer).",
+            subject=subject,
+            fix=example,
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ServiceRequestError(
+            "The service URL contains a user name or password.",
+            subject=subject,
+            fix="Remove them from the URL and put the credentials in the token file (0600).",
+        )
+    if parts.scheme == "http" and hostname not in LOCAL_HOSTS:
+        raise ServiceRequestError(
+            "http sends patient data unencrypted to another computer.",
+            subject=subject,
+            fix="Use https:// for a service on another computer.",
+        )
+    if parts.query or parts.fragment:
+        raise ServiceRequestError("The service URL has a query or fragment.", subject=subject, fix=example)
+    return text.rstrip("/")
+
+
+def redact_url(url: str) -> str:
+    """The URL without user name, password, query or fragment (what logs and records may hold)."""
+    try:
+        parts = urllib.parse.urlsplit(url or "")
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "<invalid URL>"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServiceSettings)}
+
+
+def load_settings(path: str | os.PathLike | None = None, **overrides) -> ServiceSettings:
+    """Settings from a JSON file (``path``, else ``$VSP_SERVICE_SETTINGS``), then the environment
+    (``VSP_SERVICE_URL``, ``VSP_SERVICE_TOKEN_FILE``, ``VSP_SERVICE_MODEL``), then ``overrides``
+    (the command line; None values ignored). A URL means the MONAI Label backend unless the file
+    says otherwise."""
+    data: dict[str, Any] = {}
+    path = path or os.environ.get(SETTINGS_ENV) or None
+    if path:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ServiceRequestError(
+                f"cannot be read ({error.strerror}).", subject=str(path), fix="give a readable settings file."
+            ) from None
+        except ValueError as error:
+            raise ServiceRequestError(
+                f"is not valid JSON ({error}).", subject=str(path), fix="correct the settings file."
+            ) from None
+        if not isinstance(data, dict):
+            raise ServiceRequestError(
+                "is not a JSON object.", subject=str(path), fix="correct the settings file."
+            )
+        unknown = sorted(set(data) - set(_FIELDS))
+        if unknown:
+            raise ServiceRequestError(
+                f"has unknown settings {unknown}.",
+                subject=str(path),
+                fix=f"use only: {', '.join(sorted(_FIELDS))}.",
+            )
+    for env, key in ((URL_ENV, "url"), (TOKEN_FILE_ENV, "token_file"), (MODEL_ENV, "model")):
+        if os.environ.get(env):
+            data.setdefault(key, os.environ[env])
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("url") and "backend" not in data:
+        data["backend"] = "monailabel"
+    settings = ServiceSettings()
+    for key, value in data.items():
+        expected = type(getattr(settings, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected):
+            raise ServiceRequestError(
+                f"setting {key!r} must be a {expected.__name__}, not {value!r}.",
+                subject=str(path) if path else "service settings",
+                fix="correct the setting.",
+            )
+        setattr(settings, key, value)
+    if settings.backend not in ("monailabel", "local"):
+        raise ServiceRequestError(
+            f"unknown backend {settings.backend!r}.",
+            subject="service settings",
+            fix="use backend 'monailabel' (a MONAI Label server) or 'local' (this computer).",
+        )
+    if settings.backend == "monailabel":
+        settings.url = check_service_url(settings.url)
+    return settings
+
+
+def read_credentials(token_file: str) -> dict[str, str]:
+    """{"access_token"} or {"username", "password"} from a file only its owner may read."""
+    path = Path(token_file).expanduser()
+    subject = f"token file {path}"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ServiceAuthError(
+            f"cannot be read ({error.strerror}).",
+            subject=subject,
+            fix="create it (chmod 600) or fix its path.",
+        ) from None
+    if os.name == "posix" and mode & 0o077:
+        raise ServiceAuthError(
+            f"can be read by other users (mode {oct(mode & 0o777)}).",
+            subject=subject,
+            fix=f"chmod 600 {path}",
+        )
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ServiceAuthError("is not valid JSON.", subject=subject, fix="correct the file.") from None
+        if isinstance(data, dict) and isinstance(data.get("access_token"), str):
+            return {"access_token": data["access_token"], "token_type": str(data.get("token_type", "Bearer"))}
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("username"), str)
+            and isinstance(data.get("password"), str)
+        ):
+            return {"username": data["username"], "password": data["password"]}
+        raise ServiceAuthError(
+            "holds neither access_token nor username and password.", subject=subject, fix="correct the file."
+        )
+    if not text:
+        raise ServiceAuthError("is empty.", subject=subject, fix="put the token in it.")
+    return {"access_token": text, "token_type": "Bearer"}
+
+
+# --------------------------------------------------------------------------------------------
+# Requests, jobs and the job store
+# --------------------------------------------------------------------------------------------
+
+#: Job states, in order; ``failed`` and ``cancelled`` can follow any state before ``done``.
+STATES = ("submitted", "running", "result_saved", "done", "failed", "cancelled")
+
+
+@dataclass
+class InferRequest:
+    """What to segment: a datastore image id on the server, or a volume file to send."""
+
+    model: str
+    image_id: str = ""  # a datastore image on the server
+    volume: str = ""  # a volume file (NRRD/NIfTI/...) or a DICOM folder on this computer
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Job:
+    """One request to a backend and what became of it (saved as JSON in the job store)."""
+
+    job_id: str
+    backend: str
+    service_url: str  # without credentials
+    model: str
+    image_id: str = ""
+    volume: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    state: str = "submitted"
+    attempts: int = 0
+    created: str = field(default_factory=now_iso)
+    updated: str = field(default_factory=now_iso)
+    result_file: str = ""  # relative to the job store's folder
+    result_sha256: str = ""
+    label_names: dict[str, int] = field(default_factory=dict)
+    model_version: str = ""
+    server_latency_s: float | None = None
+    client_latency_s: float | None = None
+    output: str = ""  # the imported segmentation
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @classmethod
+    def new(cls, backend: str, service_url: str, request: InferRequest) -> Job:
+        return cls(
+            job_id=uuid.uuid4().hex[:16],
+            backend=backend,
+            service_url=redact_url(service_url),
+            model=request.model,
+            image_id=request.image_id,
+            volume=str(Path(request.volume).resolve()) if request.volume else "",
+            params=dict(request.params),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def request(self) -> InferRequest:
+        return InferRequest(
+            model=self.model, image_id=self.image_id, volume=self.volume, params=dict(self.params)
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Job:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class JobStore:
+    """The jobs of a case: a JSON file (``service-jobs.json`` in the case folder, or any path),
+    written atomically after every change, and a folder beside it for the results."""
+
+    FILE_NAME = "service-jobs.json"
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / self.FILE_NAME
+        self.path = path
+        self.folder = path.parent
+        self._lock = threading.Lock()
+
+    @property
+    def results_folder(self) -> Path:
+        return self.folder / "service-results"
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            raise VSPError(
+                f"cannot be read as a job store ({error}).",
+                subject=str(self.path),
+                fix="move the damaged file away (its jobs are then forgotten) or give another --jobs.",
+            ) from None
+        jobs = data.get("jobs", {}) if isinstance(data, dict) else {}
+        return jobs if isinstance(jobs, dict) else {}
+
+    def jobs(self) -> list[Job]:
+        return sorted((Job.from_dict(d) for d in self._read().values()), key=lambda j: j.created)
+
+    def get(self, job_id: str) -> Job:
+        data = self._read().get(job_id)
+        if data is None:
+            matches = [k for k in self._read() if k.startswith(job_id)] if job_id else []
+            if len(matches) == 1:
+                data = self._read()[matches[0]]
+        if data is None:
+            raise VSPError(
+                f"holds no job {job_id!r}.",
+                subject=str(self.path),
+                fix="list the jobs with `vsp service jobs`.",
+            )
+        return Job.from_dict(data)
+
+    def save(self, job: Job) -> None:
+        with self._lock:
+            job.updated = now_iso()
+            jobs = self._read()
+            jobs[job.job_id] = dataclasses.asdict(job)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({"written_by": "SlicerVSP", "jobs": jobs}, indent=1, sort_keys=True)
+            with files.atomic_path(self.path) as temporary:
+                temporary.write_text(text, encoding="utf-8")
+
+    def find_pending(self, backend: str, service_url: str, request: InferRequest) -> Job | None:
+        """An unfinished or finished-with-result job for the same request (no second submit)."""
+        probe = Job.new(backend, service_url, request)
+        for job in reversed(self.jobs()):
+            same = (
+                job.backend == probe.backend
+                and job.service_url == probe.service_url
+                and job.model == probe.model
+                and job.image_id == probe.image_id
+                and job.volume == probe.volume
+                and job.params == probe.params
+            )
+            if same and job.state in ("submitted", "running", "result_saved"):
+                return job
+        return None
+
+    def result_path(self, job: Job, suffix: str) -> Path:
+        return self.results_folder / f"{job.job_id}{suffix}"
+
+
+class CancelToken:
+    """Set by the caller (a GUI button, SIGINT handler) to stop a running job."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._event.wait(seconds)
+
+
+ProgressCallback = Callable[[float, str], None]
+
+
+@dataclass
+class BackendResult:
+    """What a backend hands back: the label map file, its classes and the provenance."""
+
+    label_file: Path
+    label_names: dict[str, int]
+    model_version: str = ""
+    server_latency_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    """One interface for every segmentation backend."""
+
+    name = "base"
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+
+    @property
+    def service_url(self) -> str:
+        return redact_url(self.settings.url) if self.settings.url else f"local:{self.settings.engine}"
+
+    def info(self) -> dict[str, Any]:
+        """{"backend", "url", "models": {name: {"labels": {name: value}, ...}}, ...}."""
+        raise NotImplementedError
+
+    def check_model(self, model: str) -> dict[str, Any]:
+        """The model's description from :meth:`info`; ServiceRequestError naming the known ones."""
+        info = self.info()
+        models = info.get("models", {})
+        if model not in models:
+            raise ServiceRequestError(
+                f"has no model {model!r}.",
+                subject=f"service {self.service_url}",
+                fix=f"use one of: {', '.join(sorted(models)) or '(none)'} (see `vsp service info`).",
+            )
+        return models[model]
+
+    def run(
+        self,
+        job: Job,
+        result_path: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> BackendResult:
+        """Do the job and write the label map to ``result_path`` (atomically)."""
+        raise NotImplementedError
+
+    def save_label(self, image_id: str, label_file: Path, tag: str = "final") -> None:
+        raise ServiceRequestError(
+            f"backend {self.name} has no datastore to save labels into.",
+            subject="--save-label",
+            fix="use a MONAI Label service.",
+        )
+
+
+def wait_with_progress(
+    worker: Callable[[], Any],
+    *,
+    what: str,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+    on_cancel: Callable[[], None] | None = None,
+    poll_s: float = 0.2,
+    start: float = 0.1,
+    stop: float = 0.9,
+    expected_s: float = 30.0,
+):
+    """Run ``worker`` in a thread, reporting progress while waiting and honouring ``cancel``
+    (``on_cancel`` aborts the work, e.g. closes the connection). Returns its result or raises its
+    error. The waiting bar creeps towards ``stop`` (a synchronous server tells no progress)."""
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["result"] = worker()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = error
+
+    thread = threading.Thread(target=target, name=f"vsp-service-{what}", daemon=True)
+    began = time.monotonic()
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll_s)
+        if cancel is not None and cancel.cancelled:
+            if on_cancel is not None:
+                on_cancel()
+            thread.join(5.0)
+            raise JobCancelled(
+                f"{what} was cancelled.", subject="service job", fix="submit it again when needed."
+            )
+        if progress is not None and thread.is_alive():
+            waited = time.monotonic() - began
+            fraction = start + (stop - start) * (1.0 - 1.0 / (1.0 + waited / expected_s))
+            progress(fraction, f"{what}: waiting for the service ({waited:.0f} s)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
