@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirstd, EnsureTyped, LoadImaged
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -79,7 +80,9 @@ class ThresholdOrgans(BasicInferTask):
         bands = SAMPLE_BANDS if data.get("bands") == "sample" else BANDS
         for _name, (value, low, high) in bands.items():
             label[(voxels >= low) & (voxels < high)] = value
-        data["pred"] = torch.as_tensor(label[None])
+        # (i, j, k) without a channel, carrying the image's affine: the writer takes the result's
+        # geometry from it (stock apps do this with the Restored transform).
+        data["pred"] = MetaTensor(torch.as_tensor(label), affine=image.affine)
         return data
 
     def inverse_transforms(self, data=None):
