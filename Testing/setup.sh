@@ -58,4 +58,10 @@ if [ "$WITH_SLICER512" = 1 ]; then
     echo "$stamp" >.venv-slicer512/setup.sha256
   fi
 fi
+# The MONAI Label server for the service tests, in its own venv (.venv-monailabel: it pins
+# pydicom 2 and numpy < 2). Cached: made again only when its recipe changes (a clean install
+# took 260 s wall here on a busy 2-core machine, 49 s of CPU). VSP_NO_MONAILABEL=1 skips it.
+if [ "${VSP_NO_MONAILABEL:-0}" != 1 ]; then
+  bash Testing/monailabel/setup_monailabel.sh
+fi
 echo "setup: done. Try: .venv/bin/vsp --help"
