@@ -19,9 +19,10 @@ for argument in "$@"; do
   esac
 done
 
-# Debian packages: dicom3tools (dciodvfy validates the DICOM objects we write), Mesa for
+# Debian packages: dicom3tools (dciodvfy validates the DICOM objects we write), Orthanc and its
+# DICOMweb plugin (the store tests start their own on 127.0.0.1), Mesa for
 # offscreen rendering. Missing ones only, so that a prepared machine does not wait on apt.
-APT_PACKAGES=(dicom3tools libgl1 libegl1 libosmesa6)
+APT_PACKAGES=(dicom3tools libgl1 libegl1 libosmesa6 orthanc orthanc-dicomweb)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -2,6 +2,7 @@
 
 Exit codes: 0 success, 2 a problem with the input or the request (the message says which input
 and how to fix it), 3 an internal error (a bug: please report it with the `--debug` output),
+4 a store/service that cannot be reached, 5 credentials refused (401/403), 6 a server error,
 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; interrupted runs remove their
 temporary files and leave no output half-written.
 
@@ -320,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
         "without a tumour (anatomical resection, living-donor split)",
     )
     plan.set_defaults(handler=_plan)
+
+    from . import cli_store
+
+    cli_store.register(commands, common)
     return parser
 
 
@@ -944,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         except VSPError as error:
             progress.done()
             print(f"vsp {args.command}: error: {error}", file=sys.stderr)
-            return EXIT_INPUT
+            return getattr(error, "exit_code", EXIT_INPUT)
         except KeyboardInterrupt as interruption:
             signum = getattr(interruption, "signum", signal.SIGINT)
             name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
