@@ -128,6 +128,9 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
     open_.add_argument("--parallel", type=int, help="instances fetched at once (default: settings, 4)")
     open_.add_argument("--json", action="store_true", help="JSON summary on stdout")
     open_.set_defaults(handler=_open)
+    from .cli_deid import register as register_deidentify
+
+    register_deidentify()
     return store
 
 
@@ -321,9 +324,7 @@ def _open(args, progress) -> int:
             f"{result.reused} from the cache ({summary['mb_per_s'] or 0} MB/s)\ncache: {result.folder}"
         )
         if "volume" in summary:
-            print(
-                f"volume: {summary['volume']['dimensions_ijk']} spacing {summary['volume']['spacing_mm']}"
-            )
+            print(f"volume: {summary['volume']['dimensions_ijk']} spacing {summary['volume']['spacing_mm']}")
         if "saved" in summary:
             print(f"saved: {summary['saved']}")
     return 0

@@ -19,6 +19,11 @@ references the source CT series: its Frame of Reference, study and every source 
   display colour in CIELab and the algorithm identification (AUTOMATIC and SEMIAUTOMATIC need
   an :class:`AlgorithmInfo`; MANUAL needs none). A segment tag ``SlicerVSP.AlgorithmType``
   overrides the algorithm type for that segment.
+- Memory: segments that do not overlap are handed to highdicom as one label map [slice, row,
+  column] (uint8; uint16 beyond 255 segments), from which it makes each segment's frames one
+  plane at a time and stores only the frames that hold the segment: slices x rows x columns
+  bytes whatever the number of segments. Only when two selected segments share a voxel is the
+  stacked array [slice, row, column, segment] built (x segments bytes). Both give the same SEG.
 - The file is written under a temporary name in a private folder beside the target and moved
   into place, so a failed export never leaves a half-written file.
 
@@ -975,8 +980,8 @@ def export_seg(
             subject=subject,
             fix="check that the segmentation was made on this series (same patient position and frame of reference).",
         )
-    if seg_type == "LABELMAP" and stacked:
-        overlap = pixels.sum(axis=3, dtype=np.uint16) > 1
+    overlap = pixels.sum(axis=3, dtype=np.uint16) > 1 if seg_type == "LABELMAP" and stacked else None
+    if overlap is not None and overlap.any():
         raise DicomObjectError(
             f"has overlapping segments ({int(overlap.sum())} voxels in more than one); "
             "a LABELMAP SEG cannot hold them.",
