@@ -325,6 +325,42 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_store
 
     cli_store.register(commands, common)
+    prep = commands.add_parser(
+        "print-prep",
+        parents=[common],
+        help="printable, checked models of segments: STL/OBJ/3MF/GLB, QA and a device record",
+        description="Turn segments into closed, repaired surfaces (Slicer's converter), check them "
+        "against their labelmaps (P95 distance, volume difference), fit them to the printer, write "
+        "STL (LPS mm), OBJ+MTL, 3MF, GLB, the scene (.mrb), G-code where PrusaSlicer is installed, "
+        "and a device record (JSON + HTML). Parts: structure keys by terminology (kidney_left, "
+        "tumour, ...) or segment names; default every segment.",
+    )
+    prep.add_argument("segmentation", type=Path, help=".seg.nrrd, .mrml or .mrb")
+    prep.add_argument("--profile", required=True, help="printer profile (e.g. prusa-mk4)")
+    prep.add_argument("--material", help="material profile (default: the printer's)")
+    prep.add_argument(
+        "--segment", action="append", metavar="NAME", help="a part: structure key or segment name; repeatable"
+    )
+    prep.add_argument(
+        "--kidney-tumour-left", action="store_true", help="the five parts of a left kidney-tumour print"
+    )
+    prep.add_argument("--smoothing", type=float, default=0.15, help="smoothing factor 0..1 (default 0.15)")
+    prep.add_argument("--decimation", type=float, default=0.0, help="decimation factor 0..1 (default 0)")
+    prep.add_argument("--supersampling", default="auto", help="1, 3, 5 or auto (default)")
+    prep.add_argument(
+        "--min-shell-mm3", type=float, default=10.0, help="remove loose shells smaller than this"
+    )
+    prep.add_argument("--intended-use", default="planning", help="planning, educational or intraoperative")
+    prep.add_argument("--sterilisation", help="steam-121, steam-134, h2o2-plasma or eto")
+    prep.add_argument("--device-id", help="the device ID for the record (default: generated)")
+    prep.add_argument("--operator", help="who prepared it (default: the login name)")
+    prep.add_argument("--case-id", help="the case ID for the record")
+    prep.add_argument("--profiles", type=Path, help="a folder with the lab's own printers/ and materials/")
+    prep.add_argument("--no-slice", action="store_true", help="do not run PrusaSlicer")
+    prep.add_argument("--no-scene", action="store_true", help="do not write scene.mrb")
+    prep.add_argument("--out", type=Path, required=True, help="a new or empty folder for the files")
+    prep.add_argument("--json", action="store_true", help="print the device record as JSON")
+    prep.set_defaults(handler=_print_prep)
     return parser
 
 
@@ -848,6 +884,65 @@ def _override_structures(plan, segmentation, args: argparse.Namespace) -> None:
             segmentation, StructureRef.from_text(args.tumour), what="tumour", field_name="--tumour"
         )
         plan.case.tumour = match.ref
+
+
+def _print_prep(args: argparse.Namespace, progress: ConsoleProgress) -> int:
+    from PrintPrepLib.pipeline import KIDNEY_TUMOUR_PARTS_LEFT, PrintOptions, parts_table, prepare_print
+    from PrintPrepLib.repair import RepairOptions
+    from PrintPrepLib.surface import SurfaceOptions
+    from VSPCoreLib.app import VSPApplication
+
+    supersampling = args.supersampling if args.supersampling == "auto" else _number(args.supersampling)
+    options = PrintOptions(
+        profile=args.profile,
+        material=args.material,
+        surface=SurfaceOptions(args.smoothing, args.decimation, supersampling),
+        repair=RepairOptions(min_shell_volume_mm3=args.min_shell_mm3),
+        intended_use=args.intended_use,
+        sterilisation=args.sterilisation,
+        save_scene=not args.no_scene,
+        slice=not args.no_slice,
+        device_id=args.device_id,
+        operator=args.operator,
+        case={"case_id": args.case_id} if args.case_id else {},
+        profiles_folder=str(args.profiles) if args.profiles else None,
+    )
+    from VSPCoreLib import files
+    from VSPCoreLib.files import Output, scene_inputs
+
+    # The output folder must not be or hold an input; prepare_print itself refuses a folder
+    # that is not new or empty, and writes it whole or not at all.
+    files.check_outputs(scene_inputs("SEG", args.segmentation), [Output(args.out, folder=True)])
+    app = VSPApplication.create_headless()
+    segmentation_node = _load_segmentation_input(app, args.segmentation)
+    segments = list(args.segment or [])
+    if args.kidney_tumour_left:
+        segments += list(KIDNEY_TUMOUR_PARTS_LEFT)
+    result = prepare_print(
+        app,
+        segmentation_node,
+        out_dir=args.out,
+        segments=segments or None,
+        options=options,
+        progress=progress,
+    )
+    progress.done()
+    if args.json:
+        print(json.dumps(result.record, indent=2))
+    else:
+        print(parts_table(result.record))
+        print(f"wrote {result.out_dir} (device record: device_record.json, device_record.html)")
+    return 0
+
+
+def _number(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise VSPError(
+            f"{text!r} is not a number.", subject="--supersampling", fix="use 1, 3, 5 or auto."
+        ) from None
+    return int(value) if value.is_integer() else value
 
 
 def _cell(value) -> str:
