@@ -19,9 +19,11 @@ for argument in "$@"; do
   esac
 done
 
-# Debian packages: dicom3tools (dciodvfy validates the DICOM objects we write), Mesa for
-# offscreen rendering, PrusaSlicer and ADMesh (print preparation: slicing and STL checks). Missing ones only, so that a prepared machine does not wait on apt.
-APT_PACKAGES=(dicom3tools libgl1 libegl1 libosmesa6 prusa-slicer admesh)
+# Debian packages: dicom3tools (dciodvfy validates the DICOM objects we write), Orthanc and its
+# DICOMweb plugin (the store tests start their own on 127.0.0.1), Mesa for offscreen rendering,
+# PrusaSlicer and ADMesh (print preparation: slicing and STL checks). Missing ones only, so that
+# a prepared machine does not wait on apt.
+APT_PACKAGES=(dicom3tools libgl1 libegl1 libosmesa6 orthanc orthanc-dicomweb prusa-slicer admesh)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

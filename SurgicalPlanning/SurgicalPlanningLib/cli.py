@@ -2,6 +2,7 @@
 
 Exit codes: 0 success, 2 a problem with the input or the request (the message says which input
 and how to fix it), 3 an internal error (a bug: please report it with the `--debug` output),
+4 a store/service that cannot be reached, 5 credentials refused (401/403), 6 a server error,
 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM; interrupted runs remove their
 temporary files and leave no output half-written.
 
@@ -321,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.set_defaults(handler=_plan)
 
+    from . import cli_store
+
+    cli_store.register(commands, common)
     prep = commands.add_parser(
         "print-prep",
         parents=[common],

@@ -19,6 +19,11 @@ references the source CT series: its Frame of Reference, study and every source 
   display colour in CIELab and the algorithm identification (AUTOMATIC and SEMIAUTOMATIC need
   an :class:`AlgorithmInfo`; MANUAL needs none). A segment tag ``SlicerVSP.AlgorithmType``
   overrides the algorithm type for that segment.
+- Memory: segments that do not overlap are handed to highdicom as one label map [slice, row,
+  column] (uint8; uint16 beyond 255 segments), from which it makes each segment's frames one
+  plane at a time and stores only the frames that hold the segment: slices x rows x columns
+  bytes whatever the number of segments. Only when two selected segments share a voxel is the
+  stacked array [slice, row, column, segment] built (x segments bytes). Both give the same SEG.
 - The file is written under a temporary name in a private folder beside the target and moved
   into place, so a failed export never leaves a half-written file.
 
@@ -624,12 +629,10 @@ def _known_dicom_identity(segmentation_node: slicer.vtkMRMLSegmentationNode) -> 
     return found
 
 
-def _segment_masks(
-    segmentation_node: slicer.vtkMRMLSegmentationNode,
-    segment_ids: list[str],
-    series: _SourceSeries,
-) -> tuple[np.ndarray, list[str]]:
-    """Every segment sampled on every source slice: [slice, row, column, segment] uint8 0/1."""
+def _binary_labelmap_layers(
+    segmentation_node: slicer.vtkMRMLSegmentationNode, segment_ids: list[str]
+) -> list[tuple[slicer.vtkOrientedImageData, dict[int, int]]]:
+    """The labelmap layers that hold the segments: (image, {segment index: label value})."""
     segmentation = segmentation_node.GetSegmentation()
     if not segmentation.ContainsRepresentation(BINARY_LABELMAP):
         if not segmentation.CreateRepresentation(BINARY_LABELMAP):
@@ -638,40 +641,132 @@ def _segment_masks(
                 subject=segmentation_node.GetName(),
                 fix="convert the segmentation to binary labelmap (Segmentations module) first.",
             )
-    masks = np.zeros((len(series.datasets), series.rows, series.columns, len(segment_ids)), dtype=np.uint8)
-    notes: list[str] = []
     # Segments that share a labelmap (a layer) are sampled together.
-    layers: dict[str, tuple[slicer.vtkOrientedImageData, list[int]]] = {}
+    layers: dict[str, tuple[slicer.vtkOrientedImageData, dict[int, int]]] = {}
     for n, segment_id in enumerate(segment_ids):
-        image = segmentation.GetSegment(segment_id).GetRepresentation(BINARY_LABELMAP)
+        segment = segmentation.GetSegment(segment_id)
+        image = segment.GetRepresentation(BINARY_LABELMAP)
         if image is None:
             continue
-        layers.setdefault(image.GetAddressAsString("vtkOrientedImageData"), (image, []))[1].append(n)
-    for image, members in layers.values():
-        ijk_to_ras, array = _image_geometry(image)
-        if array is None:
-            continue
-        ras_to_index = np.linalg.inv(ijk_to_ras)
-        ras_to_index[:3, 3] -= _extent_start(image)  # indices into the array, not the extent
-        labels = {n: segmentation.GetSegment(segment_ids[n]).GetLabelValue() for n in members}
-        all_exact = True
+        key = image.GetAddressAsString("vtkOrientedImageData")
+        layers.setdefault(key, (image, {}))[1][n] = segment.GetLabelValue()
+    return list(layers.values())
+
+
+def _sampled_planes(
+    image: slicer.vtkOrientedImageData, series: _SourceSeries
+) -> tuple[np.ndarray | None, Iterator[tuple[int, np.ndarray, bool]]]:
+    """A layer's voxels and, slice by slice, the layer sampled on each source slice."""
+    ijk_to_ras, array = _image_geometry(image)
+    if array is None:
+        return None, iter(())
+    ras_to_index = np.linalg.inv(ijk_to_ras)
+    ras_to_index[:3, 3] -= _extent_start(image)  # indices into the array, not the extent
+
+    def planes() -> Iterator[tuple[int, np.ndarray, bool]]:
         for s, plane in enumerate(series.planes):
             sampled, exact = _sample_plane(array, ras_to_index, plane, series.rows, series.columns)
+            yield s, sampled, exact
+
+    return array, planes()
+
+
+def _segment_pixels(
+    segmentation_node: slicer.vtkMRMLSegmentationNode,
+    segment_ids: list[str],
+    series: _SourceSeries,
+) -> tuple[np.ndarray, bool, list[str]]:
+    """Every segment sampled on every source slice, in the smallest array highdicom takes.
+
+    Segments that do not overlap (the usual case: Slicer keeps overlapping segments in separate
+    labelmap layers, and segments of different layers rarely share a voxel) come back as one
+    label map [slice, row, column] whose values are segment numbers (index + 1): slices x rows x
+    columns bytes whatever the number of segments; highdicom makes each segment's frames from it
+    one plane at a time. Only when two segments share a voxel is the stacked array
+    [slice, row, column, segment] of 0/1 built (slices x rows x columns x segments bytes).
+    Returns (array, stacked, notes).
+    """
+    segmentation = segmentation_node.GetSegmentation()
+    layers = _binary_labelmap_layers(segmentation_node, segment_ids)
+    shape = (len(series.datasets), series.rows, series.columns)
+    dtype = np.uint8 if len(segment_ids) < 256 else np.uint16
+    labels = np.zeros(shape, dtype=dtype)
+    counts = [0] * len(segment_ids)
+    totals: dict[int, tuple[int, bool]] = {}  # segment index -> (voxels in the layer, all exact)
+    overlap = False
+    for image, members in layers:
+        array, planes = _sampled_planes(image, series)
+        if array is None:
+            continue
+        all_exact = True
+        for s, sampled, exact in planes:
             all_exact &= exact
-            for n, label in labels.items():
+            plane = labels[s]
+            for n, label in members.items():
+                inside = sampled == label
+                found = int(np.count_nonzero(inside))
+                if not found:
+                    continue
+                if len(layers) > 1 and plane[inside].any():
+                    overlap = True
+                    break
+                plane[inside] = n + 1
+                counts[n] += found
+            if overlap:
+                break
+        if overlap:
+            break
+        for n, label in members.items():
+            totals[n] = (int(np.count_nonzero(array == label)), all_exact)
+    if overlap:
+        del labels
+        return _stacked_masks(segmentation_node, segment_ids, series, layers)
+    return labels, False, _sampling_notes(segmentation, segment_ids, totals, counts)
+
+
+def _stacked_masks(
+    segmentation_node: slicer.vtkMRMLSegmentationNode,
+    segment_ids: list[str],
+    series: _SourceSeries,
+    layers: list[tuple[slicer.vtkOrientedImageData, dict[int, int]]],
+) -> tuple[np.ndarray, bool, list[str]]:
+    """Every segment on every source slice: [slice, row, column, segment] uint8 0/1."""
+    masks = np.zeros((len(series.datasets), series.rows, series.columns, len(segment_ids)), dtype=np.uint8)
+    counts = [0] * len(segment_ids)
+    totals: dict[int, tuple[int, bool]] = {}
+    for image, members in layers:
+        array, planes = _sampled_planes(image, series)
+        if array is None:
+            continue
+        all_exact = True
+        for s, sampled, exact in planes:
+            all_exact &= exact
+            for n, label in members.items():
                 np.equal(sampled, label, out=masks[s, :, :, n], casting="unsafe")
-        for n, label in labels.items():
-            before = int(np.count_nonzero(array == label))
-            after = int(np.count_nonzero(masks[..., n]))
-            name = segmentation.GetSegment(segment_ids[n]).GetName()
-            if all_exact and after < before:
-                notes.append(
-                    f"segment {name!r}: {before - after} of {before} voxels lie outside the source series "
-                    "and are not in the SEG"
-                )
-            elif before and after == 0:
-                notes.append(f"segment {name!r} does not overlap the source series and is empty in the SEG")
-    return masks, notes
+        for n, label in members.items():
+            counts[n] = int(np.count_nonzero(masks[..., n]))
+            totals[n] = (int(np.count_nonzero(array == label)), all_exact)
+    return masks, True, _sampling_notes(segmentation_node.GetSegmentation(), segment_ids, totals, counts)
+
+
+def _sampling_notes(
+    segmentation: slicer.vtkSegmentation,
+    segment_ids: list[str],
+    totals: dict[int, tuple[int, bool]],
+    counts: list[int],
+) -> list[str]:
+    notes = []
+    for n, (before, all_exact) in totals.items():
+        after = counts[n]
+        name = segmentation.GetSegment(segment_ids[n]).GetName()
+        if all_exact and after < before:
+            notes.append(
+                f"segment {name!r}: {before - after} of {before} voxels lie outside the source series "
+                "and are not in the SEG"
+            )
+        elif before and after == 0:
+            notes.append(f"segment {name!r} does not overlap the source series and is empty in the SEG")
+    return notes
 
 
 def _algorithm_from_tags(segment: slicer.vtkSegment, algorithm_type: str) -> AlgorithmInfo | None:
@@ -876,24 +971,23 @@ def export_seg(
         _segment_description(n + 1, segmentation.GetSegment(segment_id), algorithm, subject)
         for n, segment_id in enumerate(ids)
     ]
-    masks, notes = _segment_masks(segmentation_node, ids, series)
+    pixels, stacked, notes = _segment_pixels(segmentation_node, ids, series)
     for note in [*series.notes, *notes]:
         log.warning("SEG export of %s: %s", subject, note)
-    if not masks.any():
+    if not pixels.any():
         raise DicomObjectError(
             "no voxel of the selected segments lies on the source series' slices.",
             subject=subject,
             fix="check that the segmentation was made on this series (same patient position and frame of reference).",
         )
-    if seg_type == "LABELMAP":
-        overlap = masks.sum(axis=3, dtype=np.uint16) > 1
-        if overlap.any():
-            raise DicomObjectError(
-                f"has overlapping segments ({int(overlap.sum())} voxels in more than one); "
-                "a LABELMAP SEG cannot hold them.",
-                subject=subject,
-                fix="export as BINARY (keeps overlaps) or remove the overlap.",
-            )
+    overlap = pixels.sum(axis=3, dtype=np.uint16) > 1 if seg_type == "LABELMAP" and stacked else None
+    if overlap is not None and overlap.any():
+        raise DicomObjectError(
+            f"has overlapping segments ({int(overlap.sum())} voxels in more than one); "
+            "a LABELMAP SEG cannot hold them.",
+            subject=subject,
+            fix="export as BINARY (keeps overlaps) or remove the overlap.",
+        )
     texts = [series_description, content_label, *(d.SegmentLabel for d in descriptions)]
     character_set = _character_set(series.datasets[0], texts)
     # highdicom 0.28 takes the character set as an argument (and otherwise copies the source's,
@@ -906,7 +1000,7 @@ def export_seg(
         with _quiet():
             seg = hd.seg.Segmentation(
                 source_images=series.datasets,
-                pixel_array=masks,
+                pixel_array=pixels,
                 segmentation_type=seg_type,
                 segment_descriptions=descriptions,
                 series_instance_uid=seg_series_instance_uid or hd.UID(),
