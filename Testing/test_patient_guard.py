@@ -1,6 +1,6 @@
 """The wrong-patient guard: a segmentation, plan or SEG meeting another patient's series is refused.
 
-Fixture: the small sample case (`vsp demo --size 48x48x40`) and a second patient's series written
+Fixture: the small sample case (`vsp demo --size 64x64x48`) and a second patient's series written
 with the phantom's DICOM writer: other PatientID, study, series and Frame of Reference UIDs, and
 the grid shifted 40 mm to the patient's left. Every command where a segmentation meets a series
 (export-seg, stats --volume, plan, import-seg --reference, segment --input) refuses it with exit
@@ -39,9 +39,9 @@ def case(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("guard")
     demo = root / "demo"
-    assert cli.main(["-q", "demo", "--out", str(demo), "--size", "48x48x40"]) == 0
+    assert cli.main(["-q", "demo", "--out", str(demo), "--size", "64x64x48"]) == 0
     # The second patient: other identity, other frame of reference, 40 mm to the left (L in LPS).
-    phantom = generate_phantom((48, 48, 40), seed=7)
+    phantom = generate_phantom((64, 64, 48), seed=7)
     patient = dataclasses.replace(
         phantom.patient,
         patient_id=PATIENT_ID_OTHER,
@@ -160,7 +160,8 @@ def test_plan_on_a_scene_with_another_patients_ct_is_refused(case, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "other patient" in err and "other Frame of Reference" in err and "Fix:" in err
-    assert not (case["scratch"] / "plan_refused").exists()
+    refused = case["scratch"] / "plan_refused"
+    assert not refused.exists() or not [p for p in refused.rglob("*") if p.is_file()]  # nothing written
     out = case["scratch"] / "plan_accepted"
     code = cli.main(
         ["-q", "plan", str(mixed), "--plan", str(plan), "--out", str(out), "--accept-other-series"]

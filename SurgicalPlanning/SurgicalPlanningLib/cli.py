@@ -35,10 +35,10 @@ SIZES = {
     "full": (512, 512, 300),
 }
 
-# The smallest grid the demo plans on (measured: 36x36x32 works, 34x34x32 loses the renal
-# artery's contact with the kidney; 40 keeps a margin) and the largest it is allowed to make.
-MIN_COLUMNS_ROWS = 40
-MIN_SLICES = 32
+# The smallest grid the demo plans on (measured: 48x48x48, 56x56x48 and 64x64x44 work; 40x40x48
+# and 64x64x40 lose segmental arteries the sample plan names) and the largest it may make.
+MIN_COLUMNS_ROWS = 56
+MIN_SLICES = 48
 MAX_VOXELS = 2 * 512 * 512 * 300
 
 EXIT_INPUT = 2

@@ -502,7 +502,7 @@ def output_lock(path: str | os.PathLike, *, folder: bool, command: str = "vsp") 
         finally:
             _held[lock] -= 1
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(lock.parent)  # a path under a file or a read-only place is the user's to fix
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
