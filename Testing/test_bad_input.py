@@ -98,9 +98,8 @@ CASES: list[Case] = [
     ),  # fmt: skip
     C(
         "import-dicom-out-overwrites-input",
-        ["import-dicom", "{dicom}", "--out", "{ct}"],
+        ["import-dicom", "{dicom}", "--out", "{dicom}/ct.nrrd"],
         "ct.nrrd",
-        xfail="fixed by the overwrite-protection branch",
     ),  # fmt: skip
     # --- segment ---
     C(
