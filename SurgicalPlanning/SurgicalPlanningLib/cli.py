@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,6 +35,12 @@ SIZES = {
     "medium": (256, 256, 150),
     "full": (512, 512, 300),
 }
+
+# The smallest grid the demo plans on (measured: 48x48x48, 56x56x48 and 64x64x44 work; 40x40x48
+# and 64x64x40 lose segmental arteries the sample plan names) and the largest it may make.
+MIN_COLUMNS_ROWS = 56
+MIN_SLICES = 48
+MAX_VOXELS = 2 * 512 * 512 * 300
 
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
@@ -92,11 +99,70 @@ def _shape(text: str) -> tuple[int, int, int]:
         columns, rows, slices = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size: use small, medium, full or COLUMNSxROWSxSLICES (e.g. 200x200x120)"
+            f"{text!r} is not a size. Fix: use small, medium, full or COLUMNSxROWSxSLICES (e.g. 200x200x120)"
         ) from None
-    if min(columns, rows, slices) < 32 or max(columns, rows) > 1024 or slices > 1000:
-        raise argparse.ArgumentTypeError(f"{text!r}: each dimension must be 32–1024 (slices up to 1000)")
+    if (
+        min(columns, rows) < MIN_COLUMNS_ROWS
+        or slices < MIN_SLICES
+        or max(columns, rows) > 1024
+        or slices > 1000
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is out of range (coarser grids lose the renal vessels the demo plans on). Fix: "
+            f"columns and rows {MIN_COLUMNS_ROWS}–1024, slices {MIN_SLICES}–1000"
+        )
+    if columns * rows * slices > MAX_VOXELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {columns * rows * slices / 1e6:.0f} million voxels is more than the demo makes. Fix: "
+            f"at most {MAX_VOXELS / 1e6:.0f} million (twice the full grid, about 2.6 GB of memory)"
+        )
     return columns, rows, slices
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number. Fix: give a seed 0 or more"
+        ) from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is out of range. Fix: give a seed from 0 to {2**32 - 1}")
+    return value
+
+
+def _spacing_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number. Fix: give millimetres, e.g. 0.5"
+        ) from None
+    if not math.isfinite(value) or not 0.1 <= value <= 5.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range. Fix: give a working grid of 0.1 to 5 mm")
+    return value
+
+
+def _accept_other_series_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--accept-other-series",
+        action="store_true",
+        help="use it even though the series is of another patient, study, frame of reference or place "
+        "(refused otherwise); only for series known to share coordinates. The output records it.",
+    )
+
+
+def _guard(item, series, args: argparse.Namespace) -> list[str]:
+    """The wrong-patient guard (VSPCoreLib.identity): refuse, or warn and return what differs."""
+    from VSPCoreLib.identity import check_same_series
+
+    found = check_same_series(item, series, accept_other_series=getattr(args, "accept_other_series", False))
+    if found:
+        print(
+            f"warning: {item.label} used on {series.label} despite: {'; '.join(found)} (--accept-other-series)",
+            file=sys.stderr,
+        )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=SIZES["full"],
         help="small (128x128x75), medium (256x256x150), full (512x512x300, default) or CxRxS",
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the phantom (default 0)")
+    demo.add_argument(
+        "--seed", type=_seed, default=0, help="random seed of the phantom, 0 or more (default 0)"
+    )
     demo.set_defaults(handler=_demo)
 
     info = commands.add_parser(
@@ -211,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp_seg.add_argument("--algorithm-type", choices=("MANUAL", "SEMIAUTOMATIC", "AUTOMATIC"), default=None)
     exp_seg.add_argument("--algorithm-name", help="model or tool name (needed unless MANUAL)")
     exp_seg.add_argument("--algorithm-version", help="model or tool version (needed unless MANUAL)")
+    _accept_other_series_flag(exp_seg)
     exp_seg.set_defaults(handler=_export_seg)
 
     imp_seg = commands.add_parser(
@@ -224,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp_seg.add_argument("seg", type=Path, help="the DICOM SEG file")
     imp_seg.add_argument("--out", required=True, type=Path, help="output .seg.nrrd, .mrml or .mrb")
     imp_seg.add_argument("--reference", type=Path, help="the source CT: DICOM folder or volume file")
+    _accept_other_series_flag(imp_seg)
     imp_seg.set_defaults(handler=_import_seg)
 
     imp_lab = commands.add_parser(
@@ -262,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--step", action="append", default=[], metavar="JSON", help="one step as JSON; repeatable"
     )
+    _accept_other_series_flag(seg)
     seg.set_defaults(handler=_segment)
 
     stats = commands.add_parser(
@@ -275,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--volume", type=Path, help="the CT (volume file or DICOM folder) for HU statistics")
     stats.add_argument("--segment", action="append", metavar="NAME", help="a segment by name; repeatable")
     stats.add_argument("--json", type=Path, help="write the statistics as JSON here")
+    _accept_other_series_flag(stats)
     stats.set_defaults(handler=_stats)
 
     cmp_ = commands.add_parser(
@@ -305,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("scene", type=Path, help="case scene (.mrb or .mrml)")
     plan.add_argument("--plan", required=True, type=Path, help="the plan (plan.json)")
     plan.add_argument("--out", required=True, type=Path, help="output folder")
-    plan.add_argument("--spacing-mm", type=float, default=0.5, help="working grid of resections (mm)")
+    plan.add_argument(
+        "--spacing-mm",
+        type=_spacing_mm,
+        default=0.5,
+        help="working grid of resections, 0.1 to 5 mm (default 0.5)",
+    )
+    _accept_other_series_flag(plan)
     plan.add_argument(
         "--organ",
         metavar="NAME|KEY|ID",
@@ -450,6 +528,14 @@ def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     segmentation_node = _load_segmentation_input(app, args.segmentation)
     segment_ids = _segment_ids_by_name(segmentation_node, args.segment, str(args.segmentation))
     algorithm = None
+    if args.algorithm_type in ("AUTOMATIC", "SEMIAUTOMATIC") and not (
+        args.algorithm_name and args.algorithm_version
+    ):
+        raise VSPError(
+            f"--algorithm-type {args.algorithm_type} needs the algorithm's name and version.",
+            subject="vsp export-seg",
+            fix="add --algorithm-name NAME --algorithm-version VERSION (or use --algorithm-type MANUAL).",
+        )
     if args.algorithm_type and args.algorithm_type != "MANUAL" or args.algorithm_name:
         algorithm = AlgorithmInfo(
             name=args.algorithm_name or "",
@@ -465,6 +551,7 @@ def _export_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         algorithm=algorithm,
         seg_type=args.type,
         series_uid=args.series_uid,
+        accept_other_series=args.accept_other_series,
     )
     report_step(1.0, "done")
     progress.done()
@@ -491,7 +578,7 @@ def _import_seg(args: argparse.Namespace, progress: ConsoleProgress) -> int:
             reference, _ = load_series(app.scene, args.reference, name="CT", progress=progress)
         else:
             reference = storage.load_volume(app, args.reference, name="CT")
-    node = import_seg(app, args.seg, reference_volume=reference)
+    node = import_seg(app, args.seg, reference_volume=reference, accept_other_series=args.accept_other_series)
     if args.out.suffix.lower() in (".mrml", ".mrb"):
         storage.save_scene(app, args.out)
     else:
@@ -673,23 +760,39 @@ def _segment(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     ]
     _outputs(args, inputs, [Output(args.out, suffixes=SEGMENTATION_OUT, what="a segmentation or a scene")])
     steps = load_recipe(args.recipe) if args.recipe else []
+    from_file = len(steps)
     for text in args.step:
         try:
             steps.append(json.loads(text))
         except json.JSONDecodeError as error:
-            raise VSPError(f"--step is not valid JSON ({error.msg}): {text}", subject="vsp segment") from None
+            raise VSPError(
+                f"--step is not valid JSON ({error.msg}): {text}",
+                subject="vsp segment",
+                fix='give each step as one JSON object, e.g. --step \'{"tool": "margin", "segment": "Tumour", "margin_mm": 5}\'.',
+            ) from None
     if not steps:
         raise VSPError("no steps given.", subject="vsp segment", fix="pass --recipe FILE or --step JSON.")
-    for index, step in enumerate(steps):
-        check_step(step, index)  # every step checked before any work
+    for index, step in enumerate(steps):  # every step checked before any work
+        check_step(step, index, str(args.recipe) if index < from_file else "--step")
     app = VSPApplication.create_headless()
     volume = _load_volume_input(app, args.volume, scaled(progress, 0.0, 0.2))
+    from VSPCoreLib import identity
+
     if args.input is not None:
         segmentation_node = _load_segmentation_input(app, args.input)
+        accepted = _guard(
+            identity.identity_of_segmentation(segmentation_node, f"segmentation {args.input}"),
+            identity.identity_of_volume(volume, f"the volume {args.volume}"),
+            args,
+        )
+        if accepted:
+            identity.record_acceptance(segmentation_node, accepted)
     else:
         segmentation_node = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
         segmentation_node.CreateDefaultDisplayNodes()
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    if not identity.source_tags(segmentation_node):  # a new segmentation records its series
+        identity.tag_segmentation_from_volume(segmentation_node, volume)
     session = EditSession(segmentation_node, volume)
     outcomes = run_recipe(session, steps, progress=scaled(progress, 0.2, 0.95))
     _save_output(app, segmentation_node, args.out)
@@ -724,6 +827,15 @@ def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     app = VSPApplication.create_headless()
     volume = _load_volume_input(app, args.volume, scaled(progress, 0.0, 0.3)) if args.volume else None
     segmentation_node = _load_segmentation_input(app, args.segmentation)
+    accepted = []
+    if volume is not None:
+        from VSPCoreLib import identity
+
+        accepted = _guard(
+            identity.identity_of_segmentation(segmentation_node, f"segmentation {args.segmentation}"),
+            identity.identity_of_volume(volume, f"the volume {args.volume}"),
+            args,
+        )
     ids = _segment_ids_by_name(segmentation_node, args.segment, str(args.segmentation))
     rows = compute_segment_statistics(segmentation_node, volume, ids, progress=scaled(progress, 0.3, 1.0))
     progress.done()
@@ -731,7 +843,11 @@ def _stats(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         from VSPCoreLib.storage import atomic_path
 
         with atomic_path(args.json) as temporary:
-            temporary.write_text(json.dumps(to_json(rows), indent=2))
+            values = to_json(rows)
+            if accepted:  # provenance: these HU come from another series, accepted as told
+                for value in values:
+                    value["accepted_other_series"] = accepted
+            temporary.write_text(json.dumps(values, indent=2))
     header = f"{'segment':<40} {'volume mL':>10} {'surface mm2':>12} {'max diam mm':>11} {'HU mean':>8} {'HU SD':>6} {'islands':>7}"
     print(header)
     for row in rows:
@@ -791,13 +907,38 @@ def _plan(args: argparse.Namespace, progress: ConsoleProgress) -> int:
     if volume is None:
         raise VSPError("the scene holds no CT volume.", subject=str(args.scene), fix="load the case scene.")
     _override_structures(plan, segmentation, args)
+
+    from VSPCoreLib import identity
+
+    series = identity.identity_of_volume(volume, f"the CT {volume.GetName()!r} of {args.scene}")
+    accepted = _guard(
+        identity.identity_of_segmentation(segmentation, f"segmentation {segmentation.GetName()!r}"),
+        series,
+        args,
+    )
+    case = plan.case
+    accepted += _guard(
+        identity.Identity(
+            f"plan {args.plan}",
+            study_uid=case.study_instance_uid,
+            series_uid=case.series_instance_uid,
+            frame_of_reference_uid=case.frame_of_reference_uid,
+        ),
+        series,
+        args,
+    )
     compute_plan(
         PlanningInputs(app, segmentation, volume),
         plan,
         spacing_mm=args.spacing_mm,
         progress=scaled(progress, 0.1, 0.9),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    if accepted:  # provenance: recorded in every variant's warnings in plan.json
+        for variant in plan.variants:
+            variant.results.setdefault("warnings", []).append(
+                "computed with --accept-other-series: " + "; ".join(accepted)
+            )
+    storage.ensure_folder(args.out)
     save_plan_file(plan, args.out)
     rows = comparison_rows(plan)
     with storage.atomic_path(args.out / "comparison.json") as temporary:
@@ -958,15 +1099,21 @@ def _cell(value) -> str:
 
 
 def _plan_segmentation(app, name: str, scene_path: Path):
-    if name:
-        node = app.scene.GetFirstNode(name, "vtkMRMLSegmentationNode")
-        if node is not None:
-            return node
     nodes = app.scene.GetNodesByClass("vtkMRMLSegmentationNode")
     if nodes.GetNumberOfItems() == 0:
         raise VSPError(
             "the scene holds no segmentation.", subject=str(scene_path), fix="segment the case first."
         )
+    if name:
+        node = app.scene.GetFirstNode(name, "vtkMRMLSegmentationNode")
+        if node is None:
+            names = [nodes.GetItemAsObject(n).GetName() for n in range(nodes.GetNumberOfItems())]
+            raise VSPError(
+                f"the plan's case.segmentation {name!r} is not a segmentation in the scene.",
+                subject=str(scene_path),
+                fix=f"set case.segmentation to one of {', '.join(map(repr, names))} (or leave it empty).",
+            )
+        return node
     return nodes.GetItemAsObject(0)
 
 

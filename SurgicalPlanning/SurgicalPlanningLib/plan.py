@@ -390,10 +390,18 @@ class Plan:
     @classmethod
     def from_json(cls, text: str, *, subject: str = "plan") -> Plan:
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_not_finite, parse_float=_finite_float)
         except json.JSONDecodeError as error:
             raise PlanFormatError(
-                f"is not valid JSON ({error.msg} at line {error.lineno}).", subject=subject
+                f"is not valid JSON ({error.msg} at line {error.lineno}).",
+                subject=subject,
+                fix="correct the JSON syntax.",
+            ) from None
+        except ValueError as error:  # NaN or infinity
+            raise PlanFormatError(
+                f"{error}: every number in a plan must be finite.",
+                subject=subject,
+                fix="give finite numbers.",
             ) from None
         return cls.from_dict(data)
 
@@ -472,6 +480,17 @@ def check_schema(data: Any) -> None:
         subject="plan",
         fix="correct the plan file (see data/plan.schema.json) or make it again in SlicerVSP.",
     )
+
+
+def _not_finite(text: str):
+    raise ValueError(f"{text} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range (infinite)")
+    return value
 
 
 def _now() -> str:

@@ -171,6 +171,9 @@ def load_sample_case(
         )
     finally:
         app.scene.RemoveNode(labelmap)
+    from VSPCoreLib.identity import tag_segmentation_from_volume
+
+    tag_segmentation_from_volume(segmentation_node, volume_node)  # the wrong-patient guard's record
     report(progress, 0.85, "measuring segments")
     segments = statistics.to_json(
         statistics.compute_segment_statistics(
@@ -260,7 +263,7 @@ def _prepare_demo_folder(out_dir: Path) -> None:
         raise InputDataError(
             "is a file, not a folder.", subject=str(out_dir), fix="choose a folder for --out."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.ensure_folder(out_dir)
     files.clear_stale_partials(out_dir)  # staging folders of killed runs
     foreign = files.foreign_files(out_dir)
     if foreign:

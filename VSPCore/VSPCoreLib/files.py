@@ -116,16 +116,44 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     _refuse_protected(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clear_stale_partials(target.parent)
-    private = Path(tempfile.mkdtemp(prefix=partial_prefix(), dir=target.parent))
+    if target.is_dir():
+        raise _output_error(target, "is a folder, not a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_partials(target.parent)
+        private = Path(tempfile.mkdtemp(prefix=partial_prefix(), dir=target.parent))
+    except OSError as error:  # read-only, a file where a folder should be, no such drive
+        raise _output_error(target, f"cannot be written there ({error.strerror or error})") from None
     try:
         temporary = private / target.name
         yield temporary
         _refuse_protected(target)
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except OSError as error:
+            raise _output_error(target, f"cannot be put in place ({error.strerror or error})") from None
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def ensure_folder(folder: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents); a path that cannot be one is the user's to fix."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise _output_error(folder, "is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _output_error(folder, f"cannot be created ({error.strerror or error})") from None
+    return folder
+
+
+def _output_error(target: Path, message: str):
+    from .errors import InputDataError
+
+    return InputDataError(
+        message + ".", subject=str(target), fix="choose an output path in a folder you can write to."
+    )
 
 
 def copy_into(source: str | os.PathLike, folder: str | os.PathLike) -> Path:
@@ -474,7 +502,7 @@ def output_lock(path: str | os.PathLike, *, folder: bool, command: str = "vsp") 
         finally:
             _held[lock] -= 1
         return
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(lock.parent)  # a path under a file or a read-only place is the user's to fix
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),

@@ -19,7 +19,7 @@ import vtk
 from . import files
 from .app import VSPApplication
 from .errors import InputDataError, VSPError
-from .files import atomic_path, copy_into, temporary_directory  # noqa: F401 (re-exported)
+from .files import atomic_path, copy_into, ensure_folder, temporary_directory  # noqa: F401 (re-exported)
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".seg.nhdr")
@@ -128,6 +128,7 @@ def load_segmentation(
     """A segmentation from `.seg.nrrd`, with segment names, colours and terminology."""
     path = _existing_file(path, "segmentation", SEGMENTATION_SUFFIXES)
     _check_image_header(path, "segmentation")
+    plain = _plain_image_header(path)
     messages = _messages()
     node = app.segmentations_logic.LoadSegmentationFromFile(
         str(path), True, name or _stem(path), None, messages
@@ -138,7 +139,47 @@ def load_segmentation(
             subject=str(path),
             fix="check that it is a Slicer .seg.nrrd file and is complete.",
         )
+    count = node.GetSegmentation().GetNumberOfSegments()
+    if plain is not None and count > MAX_PLAIN_LABELS:
+        # A plain image named .seg.nrrd: Slicer makes one segment per distinct value.
+        app.scene.RemoveNode(node)
+        raise InputDataError(
+            f"not a segmentation: it has no segment header fields and {count} distinct values "
+            f"({plain} voxels), which looks like an image, not a label map.",
+            subject=str(path),
+            fix="give a segmentation (.seg.nrrd saved by Slicer or SlicerVSP); load an image with --volume.",
+        )
     return node
+
+
+#: A plain label map (no Slicer segment fields) with more labels than this is taken for an image.
+MAX_PLAIN_LABELS = 255
+
+
+def _plain_image_header(path: Path) -> str | None:
+    """The voxel type of a .seg.nrrd that lacks Slicer's segment fields (None when it has them).
+
+    A float-typed plain NRRD is refused here at once: a segmentation's voxels are labels."""
+    if not path.name.lower().endswith(".seg.nrrd"):
+        return None
+    with path.open("rb") as stream:
+        head = stream.read(65536)
+    header = head.split(b"\n\n", 1)[0].decode("latin-1", "replace")
+    if not header.startswith("NRRD"):
+        return None  # let Slicer's reader say what is wrong
+    if "Segment0_" in header or "Segmentation_" in header:
+        return None
+    kind = ""
+    for line in header.splitlines():
+        if line.lower().startswith("type:"):
+            kind = line.split(":", 1)[1].strip()
+    if kind.lower() in ("float", "double"):
+        raise InputDataError(
+            f"not a segmentation: it has no segment header fields and {kind} voxels (an image, not labels).",
+            subject=str(path),
+            fix="give a segmentation (.seg.nrrd saved by Slicer or SlicerVSP); load an image with --volume.",
+        )
+    return kind or "unknown"
 
 
 def load_model(
@@ -277,7 +318,7 @@ def storable_nodes(scene: slicer.vtkMRMLScene) -> list:
 def save_scene(app: VSPApplication, path: str | os.PathLike) -> Path:
     """Save the whole scene: `.mrml` (data files in `Data/` beside it) or a `.mrb` bundle."""
     path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     scene = app.scene
     if path.suffix.lower() == ".mrb":
         with atomic_path(path) as temporary:
@@ -345,7 +386,9 @@ def load_scene(app: VSPApplication, path: str | os.PathLike, *, clear: bool = Tr
         scene.SetRootDirectory(str(path.parent))
         ok = scene.Import(messages)
     else:
-        raise InputDataError("a scene is a .mrml or .mrb file.", subject=str(path))
+        raise InputDataError(
+            "a scene is a .mrml or .mrb file.", subject=str(path), fix="give the case scene (.mrb or .mrml)."
+        )
     if not ok or messages.GetNumberOfMessagesOfType(vtk.vtkCommand.ErrorEvent) > 0:
         raise InputDataError(
             "the scene could not be read completely." + _message_text(messages),

@@ -62,7 +62,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from VSPCoreLib import __version__, terminology
+from VSPCoreLib import __version__, identity, terminology
 from VSPCoreLib.arrays import LPS_TO_RAS, array_to_vtk_matrix, vtk_matrix_to_array
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.files import atomic_path
@@ -910,6 +910,7 @@ def export_seg(
     seg_series_instance_uid: str | None = None,
     seg_sop_instance_uid: str | None = None,
     allow_frame_of_reference_mismatch: bool = False,
+    accept_other_series: bool = False,
 ) -> Path:
     """Write the segments as one DICOM SEG instance referencing the source series; returns the path.
 
@@ -921,6 +922,9 @@ def export_seg(
     ``.AlgorithmFamily``, as :func:`import_seg` writes them) override ``algorithm`` for it.
     When the segmentation (or its reference volume) carries a DICOM Frame of Reference UID, a
     source series in another one is refused unless ``allow_frame_of_reference_mismatch``.
+    The wrong-patient guard (:mod:`VSPCoreLib.identity`) refuses a source series of another
+    patient, study, frame of reference or place than the segmentation's own, unless
+    ``accept_other_series`` (then the SEG's ContentDescription records it).
     """
     out_path = Path(out_path)
     seg_type = seg_type.upper()
@@ -958,7 +962,26 @@ def export_seg(
     series = _source_series(
         source_files_or_datasets, series_uid, source_subject, known.get("DICOM.SeriesInstanceUID", "")
     )
+    accepted = identity.check_same_series(
+        identity.identity_of_segmentation(segmentation_node),
+        identity.identity_of_datasets(series.datasets, f"the source series in {source_subject}"),
+        accept_other_series=accept_other_series,
+        # A segmentation beside the series is refused below with the voxels it misses.
+        ignore=(
+            "no spatial overlap",
+            *(("other Frame of Reference",) if allow_frame_of_reference_mismatch else ()),
+        ),
+        subject=subject,
+        error_type=DicomObjectError,
+    )
+    if accepted:
+        log.warning(
+            "SEG export of %s on another series as told (--accept-other-series): %s",
+            subject,
+            "; ".join(accepted),
+        )
     known_for = known.get("DICOM.FrameOfReferenceUID", "")
+    allow_frame_of_reference_mismatch = allow_frame_of_reference_mismatch or accept_other_series
     if known_for and known_for != series.frame_of_reference_uid and not allow_frame_of_reference_mismatch:
         raise DicomObjectError(
             f"was made in Frame of Reference {known_for}, the source series {series.series_uid} is in "
@@ -1011,7 +1034,12 @@ def export_seg(
                 manufacturer_model_name=manufacturer_model_name,
                 software_versions=software_versions,
                 device_serial_number=device_serial_number,
-                content_description=series_description[:64] or None,
+                content_description=(
+                    ("ACCEPTED OTHER SERIES: " + ", ".join(accepted))[:64]
+                    if accepted
+                    else series_description[:64]
+                )
+                or None,
                 content_creator_name=content_creator,
                 content_label=_content_label(content_label),
                 series_description=series_description[:64],
@@ -1283,6 +1311,7 @@ def import_seg(
     reference_volume: Any = None,
     name: str | None = None,
     allow_frame_of_reference_mismatch: bool = False,
+    accept_other_series: bool = False,
     terminology_context: str = DEFAULT_TERMINOLOGY_CONTEXT,
     region_context: str = DEFAULT_REGION_CONTEXT,
 ) -> slicer.vtkMRMLSegmentationNode:
@@ -1313,8 +1342,28 @@ def import_seg(
             f"FRACTIONAL SEG: voxels of value {FRACTIONAL_THRESHOLD} or more (0..1 scale) are inside"
         )
     frame_of_reference = str(ds.FrameOfReferenceUID)
+    seg_identity = identity.Identity(
+        label=f"SEG {path.name}",
+        patient_hash=identity.patient_hash(str(ds.get("PatientID", "") or "")),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        series_uid=str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        if ds.get("ReferencedSeriesSequence")
+        else "",
+        frame_of_reference_uid=frame_of_reference,
+        bounds_ras=identity.bounds_of_multiframe(ds),
+    )
+    accepted: list[str] = []
 
     if reference_volume is not None:
+        accepted = identity.check_same_series(
+            seg_identity,
+            identity.identity_of_volume(reference_volume),
+            accept_other_series=accept_other_series,
+            ignore=("other Frame of Reference",) if allow_frame_of_reference_mismatch else (),
+            subject=str(path),
+            error_type=DicomObjectError,
+        )
+        allow_frame_of_reference_mismatch = allow_frame_of_reference_mismatch or accept_other_series
         if reference_volume.GetImageData() is None:
             raise DicomObjectError(
                 "has no image data.", subject=reference_volume.GetName(), fix="load the source series first."
@@ -1421,6 +1470,9 @@ def import_seg(
     referenced = ds.get("ReferencedSeriesSequence")
     if referenced:
         node.SetAttribute("DICOM.ReferencedSeriesInstanceUID", str(referenced[0].SeriesInstanceUID))
+    identity.tag_segmentation(node, seg_identity)
+    if accepted:
+        notes.append(identity.record_acceptance(node, accepted))
     if notes:
         node.SetAttribute(IMPORT_WARNINGS_ATTRIBUTE, "\n".join(notes))
         for note in notes:

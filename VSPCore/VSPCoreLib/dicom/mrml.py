@@ -44,6 +44,10 @@ def add_volume_node(scene: Any, volume: DicomVolume, *, name: str | None = None)
     node.SetAttribute("DICOM.StudyInstanceUID", acq.study_uid)
     node.SetAttribute("DICOM.FrameOfReferenceUID", acq.frame_of_reference_uid)
     node.SetAttribute("DICOM.Modality", acq.modality)
+    if volume.files:  # the wrong-patient guard compares this salted hash, never the ID itself
+        from ..identity import PATIENT_HASH_ATTRIBUTE, patient_hash_of_file
+
+        node.SetAttribute(PATIENT_HASH_ATTRIBUTE, patient_hash_of_file(volume.files[0]))
     if volume.resampled:
         # Slices no longer match source instances one to one: do not let exporters (e.g. DICOM
         # SEG) reference them per slice.
