@@ -422,7 +422,6 @@ CASES: list[Case] = [
         "plan-misspelt-key",
         ["plan", "{mrb}", "--plan", "{bad}/plan_misspelt.json", "--out", "{out}/p"],
         "marginmm",
-        xfail="fixed by the plan-schema (planning) branch",
     ),  # fmt: skip
     C(
         "plan-future-schema",

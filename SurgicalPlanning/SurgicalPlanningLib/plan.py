@@ -358,6 +358,27 @@ class Plan:
         except InputDataError as error:
             check_schema(data)  # the schema's own message names the field (and the closest one)
             raise PlanFormatError(error.message, subject="plan", fix=error.fix) from None
+        try:
+            variants = cls._variants_from(data)
+        except PlanFormatError:
+            # A misspelt field reads as a missing one to the typed parser: name the unknown field
+            # and the closest valid name instead, when there is one.
+            _check_unknown_variant_fields(data)
+            raise
+        plan = cls(
+            case=reference,
+            variants=variants,
+            active_variant=data.get("active_variant", variants[0].name if variants else ""),
+            schema_version=SCHEMA_VERSION,
+            software=data.get("software", ""),
+            modified_at=data.get("modified_at", ""),
+        )
+        plan.validate()
+        check_schema(data)
+        return plan
+
+    @staticmethod
+    def _variants_from(data: dict[str, Any]) -> list[PlanVariant]:
         variants = []
         for n, item in enumerate(_require(data, "variants", "plan", list)):
             where = f"plan.variants[{n}]"
@@ -375,17 +396,7 @@ class Plan:
                     computed_at=item.get("computed_at", ""),
                 )
             )
-        plan = cls(
-            case=reference,
-            variants=variants,
-            active_variant=data.get("active_variant", variants[0].name if variants else ""),
-            schema_version=SCHEMA_VERSION,
-            software=data.get("software", ""),
-            modified_at=data.get("modified_at", ""),
-        )
-        plan.validate()
-        check_schema(data)
-        return plan
+        return variants
 
     @classmethod
     def from_json(cls, text: str, *, subject: str = "plan") -> Plan:
@@ -432,6 +443,40 @@ def _where(path) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text
+
+
+def _check_unknown_variant_fields(data: dict[str, Any]) -> None:
+    """Refuse a field that no variant, and no resection of any kind, has (with the closest name)."""
+    import difflib
+
+    schema = plan_schema()
+    variant_fields = list(schema["properties"]["variants"]["items"]["properties"])
+    resection_fields = list(
+        dict.fromkeys(
+            key for kind in ("plane", "surface", "margin") for key in schema["$defs"][kind]["properties"]
+        )
+    )
+    for n, variant in enumerate(data.get("variants") or []):
+        if not isinstance(variant, dict):
+            continue
+        checks = [(f"plan.variants[{n}]", variant, variant_fields)]
+        checks += [
+            (f"plan.variants[{n}].resections[{m}]", resection, resection_fields)
+            for m, resection in enumerate(variant.get("resections") or [])
+            if isinstance(resection, dict)
+        ]
+        for where, item, allowed in checks:
+            extra = [key for key in item if key not in allowed]
+            if extra:
+                hints = []
+                for key in extra:
+                    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise PlanFormatError(
+                    f"{where}: unknown field(s) {', '.join(hints)}.",
+                    subject="plan",
+                    fix="rename or remove the field (see data/plan.schema.json).",
+                )
 
 
 def check_schema(data: Any) -> None:
