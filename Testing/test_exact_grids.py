@@ -206,7 +206,7 @@ def reference_grid(source: GridArray, factor: int, shift_voxels=(0, 0, 0)) -> tu
     target[:3, :3] = source.ijk_to_ras[:3, :3] / factor
     corner = np.array(shift_voxels, float) - 0.5 + 0.5 / factor
     target[:3, 3] = source.ijk_to_ras[:3, :3] @ corner + source.ijk_to_ras[:3, 3]
-    shape = tuple(int(n) * factor + 6 for n in source.array.shape)
+    shape = tuple((int(n) + 16) * factor for n in source.array.shape)  # room for shifts up to 8 voxels
     return target, shape
 
 
@@ -276,22 +276,23 @@ def test_tied_resampling_keeps_the_centroid(organ):
 
 
 def test_seg_import_onto_a_finer_reference_keeps_volume_and_centroid(app, dcmqi_dir):
-    """DICOM SEG import onto a reference volume twice as fine (corners aligned) and one shifted
-    by whole voxels: the SEG's voxels exactly."""
+    """DICOM SEG import onto a reference volume twice as fine (corners aligned) and onto one
+    shifted by whole voxels: the SEG's voxels exactly."""
     own = import_seg(app, dcmqi_dir / "liver.dcm")
     own_id = own.GetSegmentation().GetNthSegmentID(0)
     truth = segment_mask(own, own_id)
     truth_points = points_of(truth)
+    assert len(truth_points) > 1000
     image = own.GetSegmentation().GetSegment(own_id).GetRepresentation("Binary labelmap")
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
     lattice = GridArray(
-        np.zeros((3, 512, 512), bool),
-        np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]),
+        truth.array, np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
     )
-    for factor, shift in ((2, (0, 0, 0)), (1, (-7, 5, -1)), (3, (0, 0, -1))):
-        target, _ = reference_grid(lattice, factor, shift)
-        shape = (6 * factor, 512 * factor, 512 * factor) if factor < 3 else (12, 1536, 1536)
+    box = GridArray(truth.array, truth.ijk_to_ras)  # the liver's crop, on that lattice
+    for factor, shift in ((2, (-2, -2, -1)), (1, (-7, -3, -1))):
+        target, shape = reference_grid(box, factor, shift)
+        assert np.allclose(np.linalg.solve(lattice.ijk_to_ras, target)[:3, :3], np.eye(3) / factor)
         volume = add_volume(app.scene, np.zeros(shape, np.uint8), target)
         node = import_seg(app, dcmqi_dir / "liver.dcm", reference_volume=volume)
         mask = segment_mask(node, node.GetSegmentation().GetNthSegmentID(0))
@@ -302,3 +303,83 @@ def test_seg_import_onto_a_finer_reference_keeps_volume_and_centroid(app, dcmqi_
         assert np.linalg.norm(got.mean(axis=0) - truth_points.mean(axis=0)) <= 0.05
         app.scene.RemoveNode(node)
         app.scene.RemoveNode(volume)
+
+
+def test_seg_import_with_ties_keeps_the_centroid(app, dcmqi_dir):
+    """Onto a grid twice as fine in-plane with centres on the SEG's (a tie between two columns
+    and two rows every other voxel): ties go both ways, so the liver stays where it is."""
+    own = import_seg(app, dcmqi_dir / "liver.dcm")
+    truth = segment_mask(own, own.GetSegmentation().GetNthSegmentID(0))
+    truth_points = points_of(truth)
+    target = truth.ijk_to_ras.copy()
+    target[:3, :2] /= 2.0
+    target[:3, 3] -= truth.ijk_to_ras[:3, :3] @ np.array([4.0, 4.0, 1.0])
+    shape = (truth.array.shape[0] + 2, 2 * truth.array.shape[1] + 16, 2 * truth.array.shape[2] + 16)
+    volume = add_volume(app.scene, np.zeros(shape, np.uint8), target)
+    node = import_seg(app, dcmqi_dir / "liver.dcm", reference_volume=volume)
+    mask = segment_mask(node, node.GetSegmentation().GetNthSegmentID(0))
+    got = points_of(mask)
+    volume_ratio = len(got) * mask.voxel_volume_mm3 / (len(truth_points) * truth.voxel_volume_mm3)
+    assert volume_ratio == pytest.approx(1.0, abs=0.01)
+    # In SEG voxels, along the columns and rows; rounding every tie up gives 0.25 on both.
+    shift = np.linalg.solve(truth.ijk_to_ras[:3, :3], got.mean(axis=0) - truth_points.mean(axis=0))
+    assert np.abs(shift[:2]).max() <= 0.05, shift
+    assert abs(shift[2]) < 1e-5
+
+
+# --- 3. the thin-plate spline ----------------------------------------------------------------------
+
+
+def hand_written_spline(xy: np.ndarray, z: np.ndarray, smoothing: float, probe: np.ndarray) -> np.ndarray:
+    """The thin-plate spline solved directly (the planner's former implementation): the reference."""
+    centre = xy.mean(axis=0)
+    scale = float(np.ptp(xy, axis=0).max())
+    nodes = (xy - centre) / scale
+    n = len(nodes)
+
+    def kernel(a, b):
+        r2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.nan_to_num(0.5 * r2 * np.log(r2), nan=0.0)
+
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = kernel(nodes, nodes) + smoothing * np.eye(n)
+    system[:n, n:] = np.column_stack([np.ones(n), nodes])
+    system[n:, :n] = system[:n, n:].T
+    solution = np.linalg.lstsq(system, np.concatenate([z, np.zeros(3)]), rcond=None)[0]
+    p = (probe - centre) / scale
+    return solution[n] + p @ solution[n + 1 :] + kernel(p, nodes) @ solution[:n]
+
+
+@pytest.mark.parametrize(
+    "count, smoothing",
+    [(25, 1e-9), (49, 1e-9), (300, 1e-3)],  # the surfaces' control grids, and a closed-curve fit
+    ids=["5x5", "7x7", "curve"],
+)
+def test_scipy_thin_plate_spline_gives_the_hand_written_heights(count, smoothing):
+    from SurgicalPlanningLib.resection.surfaces import ThinPlateSpline, height_field_from_control_points
+
+    rng = np.random.default_rng(count)
+    if count < 100:  # a control grid (rows, columns, 3) in mm, bent like a dragged surface
+        side = int(np.sqrt(count))
+        s, t = np.meshgrid(np.linspace(-45, 45, side), np.linspace(-35, 35, side))
+        points = np.stack([s, t, rng.normal(0.0, 4.0, s.shape)], axis=-1) @ rotation([1, 2, 2], 30).T
+        field = height_field_from_control_points(points, 0.5)
+        uv = np.stack(
+            np.meshgrid(
+                field.u_range[0] + 0.5 * np.arange(field.heights.shape[1]),
+                field.v_range[0] + 0.5 * np.arange(field.heights.shape[0]),
+            ),
+            axis=-1,
+        ).reshape(-1, 2)
+        local = (points.reshape(-1, 3) - field.origin) @ np.column_stack([field.u, field.v, field.w])
+        reference = hand_written_spline(local[:, :2], local[:, 2], 1e-9, uv)
+        assert np.abs(field.heights.ravel() - reference).max() < 1e-6
+        assert np.abs(field.height_at(local[:, :2]) - local[:, 2]).max() < 0.05  # through its points
+    else:  # a smoothing fit to a drawn closed curve
+        angle = np.linspace(0, 2 * np.pi, count, endpoint=False)
+        xy = np.column_stack([30 * np.cos(angle), 22 * np.sin(angle)])
+        z = 3 * np.sin(2 * angle) + rng.normal(0, 0.3, count)
+        probe = rng.uniform(-50, 50, (5000, 2))
+        got = ThinPlateSpline(xy, z, smoothing=smoothing)(probe)
+        assert np.abs(got - hand_written_spline(xy, z, smoothing, probe)).max() < 1e-6
