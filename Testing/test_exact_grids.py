@@ -233,6 +233,89 @@ def test_segment_mask_on_a_reference_grid_keeps_volume_and_centroid(organ, facto
     assert full.array.shape == shape and full.array.sum() == mask.array.sum()
 
 
+def _via_resample_nearest(mask, target, shape):
+    return GridArray(resample_nearest(mask, target, shape), target)
+
+
+def _via_territories(mask, target, shape):
+    from SurgicalPlanningLib.territories import on_grid
+
+    return GridArray(on_grid(mask, target, shape), target)
+
+
+def _via_compare(mask, target, shape):
+    from SurgicalPlanningLib.segmentation.compare import resample_onto_lattice
+
+    return resample_onto_lattice(mask, target)  # the lattice only: it covers the mask whole
+
+
+NEAREST_PATHS = {
+    "arrays.resample_nearest": _via_resample_nearest,
+    "territories.on_grid": _via_territories,
+    "compare.resample_onto_lattice": _via_compare,
+}
+
+
+@pytest.mark.parametrize("path", list(NEAREST_PATHS))
+def test_every_nearest_neighbour_path_is_exact_on_subdividing_grids(organ, path):
+    """Identical, shifted by whole voxels, finer by 2 and 3: the same voxels exactly; centres
+    half-way (ties on every axis): volume and centroid kept up to the boundary planes' share."""
+    *_, source, _ = organ
+    resample = NEAREST_PATHS[path]
+    truth = points_of(source)
+    truth_volume = len(truth) * source.voxel_volume_mm3
+    for factor, shift in ((1, (0, 0, 0)), (1, (-3, -2, -5)), (2, (-2, -1, -1)), (3, (-1, -2, -1))):
+        target, shape = reference_grid(source, factor, shift)
+        got = resample(source, target, shape)
+        points = points_of(got)
+        assert len(points) * got.voxel_volume_mm3 == pytest.approx(truth_volume, rel=1e-9), (factor, shift)
+        assert np.linalg.norm(points.mean(axis=0) - truth.mean(axis=0)) <= 0.05, (factor, shift)
+    target = source.ijk_to_ras.copy()
+    target[:3, :3] /= 2.0
+    got = resample(source, target, tuple(2 * n for n in source.array.shape))
+    points = points_of(got)
+    assert len(points) * got.voxel_volume_mm3 == pytest.approx(truth_volume, rel=0.01)
+    shift = np.abs(np.linalg.solve(source.ijk_to_ras[:3, :3], points.mean(axis=0) - truth.mean(axis=0)))
+    assert shift.max() <= 0.1, shift  # source voxels; all ties up: 0.25
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["corners-aligned", "centres-aligned-ties"])
+def test_edit_session_resampling_onto_a_finer_volume(organ, aligned):
+    """A segmentation opened with a volume twice as fine is resampled onto it: the same voxels
+    exactly when corners align; with every other centre on a tie, volume and centroid kept up to
+    the boundary planes' share (Slicer's resampler rounds every tie up: 0.25 voxel)."""
+    from SurgicalPlanningLib.segmentation import editing
+
+    app, segmentation, segment_id, source, _ = organ
+    if aligned:
+        target, shape = reference_grid(source, 2, (-2, -2, -2))
+    else:
+        target = source.ijk_to_ras.copy()
+        target[:3, :3] /= 2.0
+        shape = tuple(2 * n for n in source.array.shape)
+    volume = add_volume(app.scene, np.zeros(shape, np.uint8), target)
+    copy = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "copy")
+    copy.Copy(segmentation)
+    try:
+        session = editing.EditSession(copy, volume)
+        assert session.warnings and "resampled" in session.warnings[0]
+        mask = session.mask(segment_id)
+        session.close()
+    finally:
+        app.scene.RemoveNode(copy)
+        app.scene.RemoveNode(volume)
+    truth = points_of(source)
+    got = points_of(mask)
+    volume_ratio = len(got) * mask.voxel_volume_mm3 / (len(truth) * source.voxel_volume_mm3)
+    shift = np.abs(np.linalg.solve(source.ijk_to_ras[:3, :3], got.mean(axis=0) - truth.mean(axis=0)))
+    if aligned:
+        assert volume_ratio == pytest.approx(1.0, abs=1e-9)
+        assert np.linalg.norm(got.mean(axis=0) - truth.mean(axis=0)) <= 0.05
+    else:
+        assert volume_ratio == pytest.approx(1.0, abs=0.01)
+        assert shift.max() <= 0.1, shift
+
+
 def test_ties_alternate_deterministically():
     # Targets twice as fine with centres on the source's: every other sample is a tie.
     first = nearest_along_axis(0.5, 0.0, 0, 400)

@@ -141,12 +141,15 @@ def nearest_along_axis(step: float, origin: float, start: int, count: int) -> np
     twice as fine with centres on the source's, or twice as coarse, rounding every tie up would
     shift the mask by half a target voxel; alternating, it keeps its place.
     """
-    m = np.arange(int(start) + int(count))
+    start, count = int(start), int(count)
+    first = min(start, 0)  # counted from voxel 0 both ways, so that any part agrees with the whole
+    m = np.arange(first, start + count)
     position = float(origin) + float(step) * m
     fraction = position - np.floor(position)
     tie = np.abs(fraction - 0.5) <= TIE_TOLERANCE
-    before = np.cumsum(tie) - tie  # ties at target voxels before this one
-    return nearest_voxel(position, before % 2 == 0)[int(start) :]
+    before = np.cumsum(tie) - tie  # ties at target voxels before this one, from `first`
+    before -= before[-first] if first < 0 else 0  # ... from voxel 0 (negative before it)
+    return nearest_voxel(position, before % 2 == 0)[start - first :]
 
 
 def _axis_map(linear: np.ndarray) -> list[int] | None:
