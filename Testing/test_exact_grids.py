@@ -187,6 +187,9 @@ def test_working_grid_keeps_volume_and_centroid_and_cuts_exactly(organ, spacing_
     assert len(union) * voxel == pytest.approx(truth_volume, rel=1e-9)
     assert np.linalg.norm(union.mean(axis=0) - truth_centre) <= 0.05, union.mean(axis=0) - truth_centre
     assert result.organ_volume_mL * 1000.0 == pytest.approx(truth_volume, rel=1e-9)
+    grid_json = result.to_json()["grid"]
+    assert grid_json["spacing_mm"] == spacing_mm
+    assert np.allclose(grid_json["voxel_size_mm"], source.spacing_mm * steps, atol=1e-4)
 
     exact = exact_volume_above(source, origin, normal)
     assert 0.2 * truth_volume < exact < 0.8 * truth_volume

@@ -405,6 +405,7 @@ class ResectionPlanner:
             resections=[cut.describe() for cut in self.cuts],
             warnings=warnings,
             spacing_mm=self.region.spacing_mm,
+            voxel_size_mm=tuple(float(v) for v in self.region.grid.spacing_mm),
             organ_voxels=self.region.organ_voxel_count,
         )
 
