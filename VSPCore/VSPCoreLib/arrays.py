@@ -316,8 +316,8 @@ def segment_mask(
     mask = grid.array == label_value if grid.array.size else grid.array.astype(bool)
     grid = GridArray(mask, grid.ijk_to_ras)
     if reference_volume is not None:
-        # Nearest neighbour with `nearest_voxel`'s tie rule (vtkImageReslice rounds every tie up,
-        # which shifts a mask by half a voxel on a grid twice as fine or twice as coarse).
+        # `resample_nearest`: ties in turn (vtkImageReslice rounds every tie up, which shifts a
+        # mask by half a target voxel on a grid twice as fine or twice as coarse).
         target = volume_ijk_to_ras(reference_volume)
         shape = reference_volume.GetImageData().GetDimensions()[::-1]
         placed = resample_nearest_box(crop_to_content(grid), target, shape) if grid.array.any() else None
