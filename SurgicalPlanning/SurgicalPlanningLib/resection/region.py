@@ -3,9 +3,10 @@
 `OrganRegion` reads the organ's segments (and the tumour and vessel branches) from a
 segmentation node, resamples them onto a working grid that covers the organ's bounding box (the
 first organ segment's lattice, each source voxel split into a whole number of working voxels of
-about the requested spacing, 0.5 mm by default: `geometry.aligned_work_grid`), and caches what the interactive path needs: the RAS centres of the
-organ's voxels as one (N, 3) array, so that "which voxels does this plane remove" is a single
-matrix product and a comparison, and each reported segment's membership as a boolean (N,) array.
+about the requested spacing, 0.5 mm by default: `geometry.aligned_work_grid`), and caches what
+the interactive path needs: the RAS centres of the organ's voxels as one (N, 3) array, so that
+"which voxels does this plane remove" is a single matrix product and a comparison, and each
+reported segment's membership as a boolean (N,) array.
 
 The organ *domain* is the union of the organ segments and the tumour: an exophytic tumour's
 outer part is tissue that the resection removes too, and a segmentation whose organ segment
