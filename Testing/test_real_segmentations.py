@@ -269,10 +269,14 @@ def phantom(tmp_path_factory):
 
 
 # The phantom's sample plan computed on `main` before structures were found by code (the private
-# tag), same case (160 x 160 x 100, seed 4), default 0.5 mm working grid.
+# tag), same case (160 x 160 x 100, seed 4), default 0.5 mm working grid; recomputed when the
+# working grid was aligned with the source voxels (0.448 x 0.448 x 0.5 mm): the organ is now
+# exactly the segmentation's 123.794 mL (it was 124.418), and the plane's resected volume 48.304
+# mL against an exact partial-voxel 48.644 mL (it was 49.189; an axial plane through a working
+# layer is off by up to half a layer).
 MAIN_NUMBERS = {
-    "lower pole plane": {"organ": 124.418, "resected": 49.189, "remnant": 75.229, "margin": 6.73},
-    "enucleation 5 mm": {"organ": 124.418, "resected": 21.986, "remnant": 102.433, "margin": 4.56},
+    "lower pole plane": {"organ": 123.794, "resected": 48.304, "remnant": 75.49, "margin": 6.73},
+    "enucleation 5 mm": {"organ": 123.794, "resected": 21.737, "remnant": 102.058, "margin": 4.72},
 }
 MAIN_TERRITORIES = {"apical": 23.512, "upper": 18.921, "middle": 22.082, "lower": 34.32, "posterior": 24.958}
 

@@ -46,6 +46,7 @@ from VSPCoreLib.arrays import (
     GridArray,
     crop_to_content,
     grid_array_to_oriented_image,
+    resample_nearest,
     segment_ids,
     segment_mask,
     vtk_image,
@@ -75,8 +76,8 @@ def on_grid(mask: GridArray, ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -
     """A boolean mask resampled onto another grid (nearest neighbour); False outside its extent.
 
     Arrays on the same lattice (same axes and spacing, whole-voxel offset: what segment masks of
-    one reference volume are) are copied by slicing; anything else goes through an affine
-    nearest-neighbour resampling.
+    one reference volume are) are copied by slicing; anything else goes through
+    `VSPCoreLib.arrays.resample_nearest`.
     """
     shape_kji = tuple(int(n) for n in shape_kji)
     out = np.zeros(shape_kji, bool)
@@ -101,15 +102,8 @@ def on_grid(mask: GridArray, ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -
             origin.append(slice(low - start, high - start))
         out[tuple(target)] = source[tuple(origin)]
         return out
-    # Target index (k, j, i) -> source index (k, j, i): scipy works in array axis order.
-    to_source = np.linalg.solve(mask.ijk_to_ras, ijk_to_ras)
-    flip = np.zeros((4, 4))
-    flip[0, 2] = flip[1, 1] = flip[2, 0] = flip[3, 3] = 1.0  # (i, j, k) <-> (k, j, i)
-    matrix = flip @ to_source @ flip
-    resampled = ndimage.affine_transform(
-        source.view(np.uint8), matrix[:3, :3], offset=matrix[:3, 3], output_shape=shape_kji, order=0, cval=0
-    )
-    return resampled.astype(bool)
+    # Ties broken in turn (scipy's order-0 resampling rounds them all up: a half-voxel shift).
+    return resample_nearest(GridArray(source, mask.ijk_to_ras), ijk_to_ras, shape_kji)
 
 
 def _padded_crop(mask: GridArray, pad: int = 1) -> GridArray:

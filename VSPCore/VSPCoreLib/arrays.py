@@ -104,6 +104,170 @@ def vtk_image(array: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> vtk.vtkImageData
     return image
 
 
+# --- nearest-neighbour resampling -------------------------------------------------------------
+
+# A sample closer than this (in voxels) to the boundary between two voxels is a tie: floating-point
+# noise (a grid saved and reloaded) must not decide which voxel it takes.
+TIE_TOLERANCE = 1e-6
+# The golden ratio's fractional part: in a general orientation a tie goes up when frac(key·φ) < ½;
+# any arithmetic progression of keys (the ties of a regular grid) sends half up and half down.
+_GOLDEN = 0.6180339887498949
+
+
+def nearest_voxel(position: np.ndarray, tie_up) -> np.ndarray:
+    """Index of the voxel holding each continuous index position (voxel n spans n − ½ … n + ½).
+
+    A position on the boundary between two voxels (within `TIE_TOLERANCE`, so that rounding
+    noise never decides) is a tie; it goes to the upper voxel where `tie_up` (bool, broadcast
+    against `position`) is true, else to the lower one.
+    """
+    position = np.asarray(position, float)
+    lower = np.floor(position)
+    fraction = position - lower
+    up = fraction > 0.5
+    tie = np.abs(fraction - 0.5) <= TIE_TOLERANCE
+    if tie.any():
+        up = np.where(tie, np.broadcast_to(np.asarray(tie_up, bool), position.shape), up)
+    return (lower + up).astype(np.intp)
+
+
+def nearest_along_axis(step: float, origin: float, start: int, count: int) -> np.ndarray:
+    """Source voxel of target voxels start … start + count − 1 along one axis, where target voxel m
+    sits at source index position origin + step·m.
+
+    The tie rule: along the axis, counted from target voxel 0, the ties go up and down in turn.
+    Deterministic (the same grids give the same voxels, whatever the rounding noise, however the
+    source is cropped and whichever part of the target is asked for) and unbiased: on a grid
+    twice as fine with centres on the source's, or twice as coarse, rounding every tie up would
+    shift the mask by half a target voxel; alternating, it keeps its place.
+    """
+    start, count = int(start), int(count)
+    first = min(start, 0)  # counted from voxel 0 both ways, so that any part agrees with the whole
+    m = np.arange(first, start + count)
+    position = float(origin) + float(step) * m
+    fraction = position - np.floor(position)
+    tie = np.abs(fraction - 0.5) <= TIE_TOLERANCE
+    before = np.cumsum(tie) - tie  # ties at target voxels before this one, from `first`
+    before -= before[-first] if first < 0 else 0  # ... from voxel 0 (negative before it)
+    return nearest_voxel(position, before % 2 == 0)[start - first :]
+
+
+def _axis_map(linear: np.ndarray) -> list[int] | None:
+    """For a target→source linear map that is a scaled signed permutation (the two grids share
+    their axes, perhaps in another order or direction), the target axis of each source axis."""
+    scale = float(np.abs(linear).max())
+    if scale == 0.0:
+        return None
+    significant = np.abs(linear) > 1e-9 * scale
+    if not (np.all(significant.sum(axis=0) == 1) and np.all(significant.sum(axis=1) == 1)):
+        return None
+    return [int(np.flatnonzero(significant[d])[0]) for d in range(3)]
+
+
+def resample_nearest(
+    mask: GridArray,
+    ijk_to_ras: np.ndarray,
+    shape_kji,
+    *,
+    index_offset=(0, 0, 0),
+) -> np.ndarray:
+    """`mask` (any dtype; 0 is background) sampled by nearest neighbour on another grid.
+
+    The target grid is `ijk_to_ras` with `shape_kji`; each target voxel takes the source voxel
+    that holds its centre, 0 outside the source. `index_offset` is the (i, j, k) index of the
+    target's voxel 0 in a larger grid it is a box of, so that a box and the whole grid agree.
+
+    Ties (a target centre on a source voxel boundary): when the grids share their axes (in any
+    order or direction; the usual case) they alternate along each axis (`nearest_along_axis`);
+    in a general orientation, where exact ties are rare, a tie goes up when frac(k·φ) < ½ for k
+    the target index along the most aligned axis. Both are deterministic and unbiased.
+
+    When the target's voxels subdivide the source's (same axes, spacing an integer division of
+    the source's, corners on the source's), every source voxel becomes exactly that many target
+    voxels: volume and centroid are kept exactly, and no sample is a tie.
+    """
+    shape_kji = tuple(int(n) for n in shape_kji)
+    source = np.asarray(mask.array)
+    out = np.zeros(shape_kji, source.dtype)
+    if source.size == 0 or 0 in shape_kji:
+        return out
+    to_source = np.linalg.solve(mask.ijk_to_ras, np.asarray(ijk_to_ras, float))  # target ijk -> source ijk
+    linear, translation = to_source[:3, :3], to_source[:3, 3]
+    offset = np.asarray(index_offset, np.int64)
+    size_ijk = np.array(source.shape[::-1])
+    counts_ijk = shape_kji[::-1]
+    axis_of = _axis_map(linear)
+    if axis_of is not None:
+        # Separable: one index array per source axis, over the target axis it runs along, and
+        # the source gathered once (outer indexing), then put in the target's axis order.
+        index, ranges = [], []
+        for d in range(3):
+            t = axis_of[d]
+            origin = translation[d] - linear[d, t] * offset[t]  # position of the whole grid's voxel 0
+            ix = nearest_along_axis(linear[d, t], origin, offset[t], counts_ijk[t])
+            inside = np.flatnonzero((ix >= 0) & (ix < size_ijk[d]))
+            if len(inside) == 0:
+                return out
+            ranges.append(inside)
+            index.append(ix[inside])
+        block = source[np.ix_(index[2], index[1], index[0])]  # axes: source k, j, i
+        # Source axis d runs along target axis axis_of[d]; target array axis of ijk axis t is 2 − t.
+        order = [2 - axis_of[d] for d in (2, 1, 0)]  # target array axis of each block axis
+        block = np.transpose(block, np.argsort(order))
+        target_box = [slice(0, 0)] * 3
+        for d in range(3):  # the voxels inside the source form one run along each axis
+            target_box[2 - axis_of[d]] = slice(int(ranges[d][0]), int(ranges[d][-1]) + 1)
+        out[tuple(target_box)] = block
+        return out
+    # General orientation: one target slice at a time (bounded memory).
+    axes = [int(np.argmax(np.abs(linear[d]))) for d in range(3)]
+    nk, nj, ni = shape_kji
+    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+    plane = np.stack([ii, jj], axis=-1).reshape(-1, 2).astype(float)
+    for k in range(nk):
+        target = np.column_stack([plane, np.full(len(plane), float(k))])
+        position = target @ linear.T + translation
+        keys = target[:, axes] + offset[axes]
+        src = nearest_voxel(position, np.mod(keys * _GOLDEN, 1.0) < 0.5)
+        inside = np.all((src >= 0) & (src < size_ijk), axis=1)
+        values = np.zeros(len(plane), source.dtype)
+        values[inside] = source[src[inside, 2], src[inside, 1], src[inside, 0]]
+        out[k] = values.reshape(nj, ni)
+    return out
+
+
+def target_box(mask: GridArray, ijk_to_ras: np.ndarray, shape_kji) -> tuple[slice, slice, slice] | None:
+    """The [k, j, i] slices of a target grid that the mask's voxels can cover (None: none)."""
+    nk, nj, ni = mask.array.shape
+    corners = np.array(
+        [[i, j, k] for i in (-0.5, ni - 0.5) for j in (-0.5, nj - 0.5) for k in (-0.5, nk - 0.5)]
+    )
+    target = np.linalg.solve(
+        np.asarray(ijk_to_ras, float), np.column_stack([mask.ras_of(corners), np.ones(8)]).T
+    )
+    low = np.maximum(np.floor(target[:3].min(axis=1)).astype(int) - 1, 0)
+    high = np.minimum(np.ceil(target[:3].max(axis=1)).astype(int) + 2, np.array(tuple(shape_kji)[::-1]))
+    if np.any(high <= low):
+        return None
+    return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
+
+
+def resample_nearest_box(
+    mask: GridArray, ijk_to_ras: np.ndarray, shape_kji
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """`resample_nearest` on the part of the target grid the mask covers: (its slices, values)."""
+    if mask.array.size == 0:
+        return None
+    box = target_box(mask, ijk_to_ras, shape_kji)
+    if box is None:
+        return None
+    start = np.array([box[2].start, box[1].start, box[0].start])
+    shifted = np.asarray(ijk_to_ras, float).copy()
+    shifted[:3, 3] = shifted[:3, :3] @ start + shifted[:3, 3]
+    shape = tuple(s.stop - s.start for s in box)
+    return box, resample_nearest(mask, shifted, shape, index_offset=start)
+
+
 def reference_oriented_image(volume_node) -> slicer.vtkOrientedImageData:
     """An empty oriented image with the volume's grid (geometry only)."""
     image = slicer.vtkOrientedImageData()
@@ -148,17 +312,28 @@ def segment_mask(
             fix="convert the segmentation's source representation to binary labelmap.",
         )
     label_value = segment.GetLabelValue()
-    if reference_volume is not None:
-        reference = reference_oriented_image(reference_volume)
-        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference) or not crop:
-            resampled = slicer.vtkOrientedImageData()
-            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                image, reference, resampled, False, False
-            )
-            image = resampled
     grid = oriented_image_to_grid_array(image)
     mask = grid.array == label_value if grid.array.size else grid.array.astype(bool)
     grid = GridArray(mask, grid.ijk_to_ras)
+    if reference_volume is not None:
+        # `resample_nearest`: ties in turn (vtkImageReslice rounds every tie up, which shifts a
+        # mask by half a target voxel on a grid twice as fine or twice as coarse).
+        target = volume_ijk_to_ras(reference_volume)
+        shape = reference_volume.GetImageData().GetDimensions()[::-1]
+        placed = resample_nearest_box(crop_to_content(grid), target, shape) if grid.array.any() else None
+        if not crop:
+            full = np.zeros(shape, bool)
+            if placed is not None:
+                full[placed[0]] = placed[1]
+            return GridArray(full, target)
+        if placed is None:
+            return GridArray(np.zeros((0, 0, 0), bool), target.copy())
+        box, values = placed
+        corner = target.copy()
+        corner[:3, 3] = (
+            target[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start], float) + target[:3, 3]
+        )
+        grid = GridArray(values, corner)
     if crop:
         return crop_to_content(grid)
     return grid

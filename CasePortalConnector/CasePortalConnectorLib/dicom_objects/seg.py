@@ -63,7 +63,13 @@ from pydicom.uid import UID
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
 from VSPCoreLib import __version__, identity, terminology
-from VSPCoreLib.arrays import LPS_TO_RAS, array_to_vtk_matrix, vtk_matrix_to_array
+from VSPCoreLib.arrays import (
+    LPS_TO_RAS,
+    GridArray,
+    array_to_vtk_matrix,
+    resample_nearest_box,
+    vtk_matrix_to_array,
+)
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.files import atomic_path
 
@@ -342,16 +348,6 @@ def _sample_plane(
     inside = (i >= 0) & (i < size_i) & (j >= 0) & (j < size_j) & (k >= 0) & (k < size_k)
     out[inside] = source[k[inside], j[inside], i[inside]]
     return out, False
-
-
-def _plane_matrices(ijk_to_ras: np.ndarray, slices: int) -> list[np.ndarray]:
-    """The (column, row, 0) -> RAS matrix of each slice k of a regular grid."""
-    planes = []
-    for k in range(slices):
-        plane = ijk_to_ras.copy()
-        plane[:3, 3] = ijk_to_ras[:3, 3] + k * ijk_to_ras[:3, 2]
-        planes.append(plane)
-    return planes
 
 
 # --------------------------------------------------------------------------------------------
@@ -1418,15 +1414,17 @@ def import_seg(
             )
         segmentation = node.GetSegmentation()
         segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
-        planes = _plane_matrices(target, target_shape[0])
         resampled = False
         for number, mask, mask_ijk_to_ras in _segment_volumes(seg, numbers, path):
             aligned = _grids_aligned(mask_ijk_to_ras, target, target_shape)
             resampled |= not aligned
-            ras_to_index = np.linalg.inv(mask_ijk_to_ras)
+            # Nearest neighbour (VSPCoreLib.arrays.resample_nearest): a copy on the same
+            # lattice, the SEG's voxels exactly on a lattice that subdivides it, and ties
+            # broken deterministically and without bias on any other.
             placed = np.zeros(target_shape, dtype=bool)
-            for k, plane in enumerate(planes):
-                placed[k], _ = _sample_plane(mask, ras_to_index, plane, target_shape[1], target_shape[2])
+            box = resample_nearest_box(GridArray(mask, mask_ijk_to_ras), target, target_shape)
+            if box is not None:
+                placed[box[0]] = box[1]
             description = seg.get_segment_description(number)
             label = str(description.get("SegmentLabel", "")) or f"Segment {number}"
             if aligned:

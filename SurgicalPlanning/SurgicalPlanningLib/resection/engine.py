@@ -7,11 +7,12 @@
     planner.update_volumes()    # interactive: resected/remnant volumes, positive-margin flag
     result = planner.update()   # on release: + margin map, cut vessels; writes the nodes
 
-What is interactive and what is not (times: the full-size sample case's left kidney at 0.5 mm,
-about a million organ voxels, one core; see benchmarks/bench_resection.py):
+What is interactive and what is not (times: the full-size sample case's left kidney, 0.5 mm
+asked: a 0.35 × 0.35 × 0.5 mm working grid, about two million organ voxels, one core; see
+benchmarks/bench_resection.py):
 - `update_volumes()`: organ, segment and tumour volumes on each side, and whether tumour tissue
   is left in the remnant. A plane is one matrix product over the cached organ voxel centres
-  (~5 ms a move); a deformable surface a re-fitted spline and one bilinear look-up per voxel
+  (~15 ms of processor time a move); a deformable surface a re-fitted spline and one bilinear look-up per voxel
   (~15 ms); a margin resection a comparison with a cached distance.
 - `update()`: everything above plus the resection surface with its tumour distance map, the
   minimum margin and where, the cut vessel branches with position and diameter, and the output
@@ -405,6 +406,7 @@ class ResectionPlanner:
             resections=[cut.describe() for cut in self.cuts],
             warnings=warnings,
             spacing_mm=self.region.spacing_mm,
+            voxel_size_mm=tuple(float(v) for v in self.region.grid.spacing_mm),
             organ_voxels=self.region.organ_voxel_count,
         )
 

@@ -1,10 +1,16 @@
 """Grids, fields and meshes shared by the resection engine (numpy and VTK, no MRML).
 
-The engine works on one *working grid*: isotropic voxels (0.5 mm by default) along the source
-segmentation's axes, covering the organ's bounding box. Segment masks are resampled onto it
-with trilinear interpolation of the binary mask (a smooth "field" in [0, 1]) and thresholded at
-0.5: that is the iso-surface a marching-cubes surface of the source mask would show, so a coarse
-source (e.g. 2.8 mm voxels) gives a smooth organ instead of 0.5 mm copies of its staircase.
+The engine works on one *working grid* (`aligned_work_grid`): the source segmentation's own
+lattice, subdivided. Along each source axis the working spacing is the largest integer division
+of the source spacing not coarser than the requested spacing (0.5 mm asked on 0.7 × 0.7 × 1.25 mm
+CT: 0.35 × 0.35 × 0.417 mm), and the working voxels' corners lie on the source voxels' corners, so
+that every source voxel is exactly a whole number of working voxels: nearest-neighbour membership
+keeps each segment's volume and centroid exactly. Where the source is finer than asked, the
+spacing is the largest odd multiple of the source spacing not coarser than asked, with working
+voxel centres on source voxel centres. Segment masks are also resampled with trilinear
+interpolation of the binary mask (a smooth "field" in [0, 1]), thresholded at 0.5 for surfaces:
+the iso-surface a marching-cubes surface of the source mask would show, so a coarse source
+(e.g. 2.8 mm voxels) gives a smooth organ instead of copies of its staircase.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import vtk
 from scipy import ndimage
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix
+from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix, resample_nearest_box
 
 
 @dataclass(frozen=True)
@@ -53,32 +59,55 @@ class WorkGrid:
         return self.ras_of_ijk(np.column_stack([i, j, k]))
 
 
-def make_work_grid(
-    axes_ras: np.ndarray, lower_ras: np.ndarray, upper_ras: np.ndarray, spacing_mm: float
-) -> WorkGrid:
-    """An isotropic grid along `axes_ras` (3×3, columns i, j, k) covering a set of corners.
+def working_steps(source_spacing_mm, requested_mm: float) -> np.ndarray:
+    """The working grid's step along each source axis, in source voxels (see the module doc).
 
-    `lower_ras`/`upper_ras` are any points whose bounding box (in the grid's axes) must be
-    covered, e.g. the corners of the organ's voxels.
+    1/f with f = ceil(S / requested) where the source spacing S is at least the requested one
+    (the largest integer division of S not coarser than asked); else m, the largest odd integer
+    with m·S ≤ requested (odd, so that working voxel centres are source voxel centres).
     """
-    corners = np.vstack([lower_ras, upper_ras])
-    local = corners @ axes_ras  # coordinates along the unit axes (axes are orthonormal)
-    low = local.min(axis=0)
-    high = local.max(axis=0)
-    counts = np.maximum(np.ceil((high - low) / spacing_mm).astype(int) + 1, 2)
+    spacing = np.asarray(source_spacing_mm, float)
+    requested = float(requested_mm)
+    ratio = spacing / requested
+    divide = np.ceil(ratio - 1e-9)
+    multiple = np.floor((np.floor(1.0 / ratio + 1e-9) - 1.0) / 2.0) * 2.0 + 1.0
+    return np.where(ratio >= 1.0 - 1e-9, 1.0 / np.maximum(divide, 1.0), np.maximum(multiple, 1.0))
+
+
+def aligned_work_grid(
+    reference_ijk_to_ras: np.ndarray, requested_mm: float, points_ras: np.ndarray, pad_mm: float
+) -> WorkGrid:
+    """The working grid on the reference (source) lattice covering `points_ras` plus `pad_mm`.
+
+    Its IJK→RAS is the source's with each axis divided by 1/step and its voxel 0 placed so that
+    working voxel corners are source voxel corners (integer divisions) or working centres source
+    centres (odd multiples). The axes are the source's own, so a mask on that lattice resamples
+    with no interpolation and no ties.
+    """
+    reference = np.asarray(reference_ijk_to_ras, float)
+    spacing = np.linalg.norm(reference[:3, :3], axis=0)
+    steps = working_steps(spacing, requested_mm)
+    index = np.linalg.solve(reference, np.column_stack([points_ras, np.ones(len(points_ras))]).T)[:3]
+    pad = float(pad_mm) / spacing
+    low = index.min(axis=1) - pad
+    high = index.max(axis=1) + pad
+    start = np.empty(3)
+    counts = np.empty(3, int)
+    for axis in range(3):
+        step = steps[axis]
+        if step <= 1.0:  # working corners on source corners: start at the source corner below
+            corner = np.floor(low[axis] + 0.5 + 1e-9) - 0.5
+            start[axis] = corner + 0.5 * step
+            counts[axis] = int(np.ceil((high[axis] - corner) / step - 1e-9))
+        else:  # working centres on source centres
+            centre = np.floor(low[axis] + 0.5 * step + 1e-9)
+            start[axis] = centre
+            counts[axis] = int(np.ceil((high[axis] - (centre - 0.5 * step)) / step - 1e-9))
+    counts = np.maximum(counts, 2)
     ijk_to_ras = np.eye(4)
-    ijk_to_ras[:3, :3] = axes_ras * spacing_mm
-    ijk_to_ras[:3, 3] = axes_ras @ low
+    ijk_to_ras[:3, :3] = reference[:3, :3] * steps
+    ijk_to_ras[:3, 3] = reference[:3, :3] @ start + reference[:3, 3]
     return WorkGrid(ijk_to_ras, (int(counts[2]), int(counts[1]), int(counts[0])))
-
-
-def unit_axes(ijk_to_ras: np.ndarray) -> np.ndarray:
-    """The orthonormal direction matrix (columns i, j, k) of a grid's IJK→RAS matrix."""
-    axes = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-    # A slightly sheared source (rounding in DICOM direction cosines) must still give an
-    # orthonormal working grid: take the nearest rotation.
-    u, _, vt = np.linalg.svd(axes)
-    return u @ vt
 
 
 # --- resampling ----------------------------------------------------------------------------------
@@ -98,23 +127,13 @@ def _box_in_grid(mask: GridArray, grid: WorkGrid) -> tuple[slice, slice, slice] 
     return (slice(low[2], high[2]), slice(low[1], high[1]), slice(low[0], high[0]))
 
 
-# Fraction of a source voxel by which nearest-neighbour ties are pushed to the upper voxel.
-_TIE_EPSILON = 1e-6
-
-
-def _interpolate_axis(array: np.ndarray, axis: int, positions: np.ndarray, nearest: bool) -> np.ndarray:
-    """Linear (or nearest) interpolation along one axis at fractional indices; 0 outside."""
+def _interpolate_axis(array: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
+    """Linear interpolation along one axis at fractional indices; 0 outside."""
     n = array.shape[axis]
     pad = [(0, 0)] * array.ndim
     pad[axis] = (1, 1)
     padded = np.pad(array, pad)  # zeros beyond the mask's crop
     t = np.clip(positions + 1.0, 0.0, n + 1.0)
-    if nearest:
-        # Working samples often fall exactly on a source voxel boundary (0.5 mm steps against
-        # 3 mm slices); break such ties the same way every time, or rounding noise of 1e-13
-        # flips whole planes between two runs on the same data.
-        index = np.floor(t + 0.5 + _TIE_EPSILON).astype(np.intp).clip(0, n + 1)
-        return np.take(padded, index, axis=axis)
     i0 = np.minimum(np.floor(t).astype(np.intp), n)
     fraction = (t - i0).astype(np.float32)
     shape = [1] * array.ndim
@@ -131,18 +150,23 @@ def resample_field(
     """Resampling of a (cropped) binary mask onto a part of the working grid.
 
     Trilinear (a float32 field in [0, 1]) or, with `nearest`, nearest neighbour (bool: each
-    working voxel takes the source voxel holding its centre, which keeps volumes and thin
-    vessels as they are). Returns the [k, j, i] slices of the working grid covered and the
-    values there, or None when the mask does not reach the grid. Separable (three 1-D passes)
-    when the two grids share their axes, the usual case, and much faster than a general 3-D
-    resampling.
+    working voxel takes the source voxel holding its centre, `VSPCoreLib.arrays.resample_nearest`:
+    exact on the working grid's own source lattice, deterministic and unbiased ties on any other).
+    Returns the [k, j, i] slices of the working grid covered and the values there, or None when
+    the mask does not reach the grid. Trilinear is separable (three 1-D passes) when the two
+    grids share their axes, the usual case, and much faster than a general 3-D resampling.
     """
     if mask.array.size == 0:
         return None
+    if nearest:
+        placed = resample_nearest_box(mask, grid.ijk_to_ras, grid.shape_kji)
+        if placed is None:
+            return None
+        return placed[0], placed[1].astype(bool, copy=False)
     box = _box_in_grid(mask, grid)
     if box is None:
         return None
-    source = np.asarray(mask.array, dtype=np.uint8 if nearest else np.float32)
+    source = np.asarray(mask.array, dtype=np.float32)
     # Target index -> source index.
     matrix = np.linalg.inv(mask.ijk_to_ras) @ grid.ijk_to_ras
     offsets = np.array([box[2].start, box[1].start, box[0].start], float)
@@ -153,21 +177,21 @@ def resample_field(
         field = source
         for axis_ijk, axis_kji in ((0, 2), (1, 1), (2, 0)):
             positions = linear[axis_ijk, axis_ijk] * np.arange(counts[axis_ijk]) + translation[axis_ijk]
-            field = _interpolate_axis(field, axis_kji, positions, nearest)
-        return box, (field.astype(bool) if nearest else np.ascontiguousarray(field, dtype=np.float32))
+            field = _interpolate_axis(field, axis_kji, positions)
+        return box, np.ascontiguousarray(field, dtype=np.float32)
     # General orientation: scipy works in [k, j, i] index order.
     reverse = np.eye(4)[[2, 1, 0, 3]]
     kji_matrix = reverse @ np.vstack([np.column_stack([linear, translation]), [0, 0, 0, 1]]) @ reverse
     field = ndimage.affine_transform(
         source,
         kji_matrix[:3, :3],
-        offset=kji_matrix[:3, 3] + (_TIE_EPSILON if nearest else 0.0),  # same tie rule as above
+        offset=kji_matrix[:3, 3],
         output_shape=(counts[2], counts[1], counts[0]),
-        order=0 if nearest else 1,
+        order=1,
         mode="constant",
         cval=0,
     )
-    return box, (field.astype(bool) if nearest else field.astype(np.float32, copy=False))
+    return box, field.astype(np.float32, copy=False)
 
 
 def sample_field(

@@ -1,10 +1,12 @@
 """The organ on the working grid: what every resection is evaluated against, prepared once.
 
 `OrganRegion` reads the organ's segments (and the tumour and vessel branches) from a
-segmentation node, resamples them onto an isotropic working grid (0.5 mm by default) that covers
-the organ's bounding box, and caches what the interactive path needs: the RAS centres of the
-organ's voxels as one (N, 3) array, so that "which voxels does this plane remove" is a single
-matrix product and a comparison, and each reported segment's membership as a boolean (N,) array.
+segmentation node, resamples them onto a working grid that covers the organ's bounding box (the
+first organ segment's lattice, each source voxel split into a whole number of working voxels of
+about the requested spacing, 0.5 mm by default: `geometry.aligned_work_grid`), and caches what
+the interactive path needs: the RAS centres of the organ's voxels as one (N, 3) array, so that
+"which voxels does this plane remove" is a single matrix product and a comparison, and each
+reported segment's membership as a boolean (N,) array.
 
 The organ *domain* is the union of the organ segments and the tumour: an exophytic tumour's
 outer part is tissue that the resection removes too, and a segmentation whose organ segment
@@ -29,11 +31,10 @@ from ..structures import structure_key_of_segment, structure_segment_ids
 from .geometry import (
     MeshDistance,
     WorkGrid,
+    aligned_work_grid,
     iso_surface,
-    make_work_grid,
     resample_field,
     sample_field,
-    unit_axes,
 )
 
 # Far beyond any margin: the value of the tumour distance outside the box where it is computed.
@@ -218,10 +219,12 @@ class OrganRegion:
             if np.linalg.norm(gap) > 2.0 * self.spacing_mm + 1.0:
                 self._refuse_tumour(_nearest_distance(masks, organ_only, tumour_segment_id))
 
-        # 2. The working grid: isotropic, along the first organ segment's axes, around the organ
-        # and tumour, with room for the vessel envelope and for closed iso-surfaces.
+        # 2. The working grid: the first organ segment's lattice subdivided (working voxel corners
+        # on its voxel corners, spacing an integer division of its spacing of about the requested
+        # one), around the organ and tumour, with room for the vessel envelope and for closed
+        # iso-surfaces. Aligned, each source voxel is a whole number of working voxels: volumes
+        # and centroids are kept exactly, with no half-voxel shift.
         reference = masks[constituents[0]]
-        axes = unit_axes(reference.ijk_to_ras)
         corners = []
         for sid in constituents:
             mask = masks[sid]
@@ -232,10 +235,7 @@ class OrganRegion:
             corners.append(mask.ras_of(box))
         corners = np.vstack(corners)
         pad_mm = 2.0 * self.spacing_mm + 2.0 + (self.vessel_envelope_mm if vessel_segment_ids else 0.0)
-        local = corners @ axes
-        lower = (local.min(axis=0) - pad_mm) @ axes.T
-        upper = (local.max(axis=0) + pad_mm) @ axes.T
-        self.grid: WorkGrid = make_work_grid(axes, lower, upper, self.spacing_mm)
+        self.grid: WorkGrid = aligned_work_grid(reference.ijk_to_ras, self.spacing_mm, corners, pad_mm)
 
         # 3. Each segment twice on the working grid. Nearest neighbour decides which voxels
         # belong to the organ and to each segment: it keeps the segmentation's volumes (what
@@ -427,10 +427,10 @@ class OrganRegion:
         if self._tumour_distance is not None and self._tumour_distance[0] >= reach_mm:
             return self._tumour_distance[1], self._tumour_distance[2]
         tumour = self._tumour_field
-        grow = int(np.ceil((reach_mm + 2.0) / self.spacing_mm))
+        grow = np.ceil((reach_mm + 2.0) / self.grid.spacing_mm[::-1]).astype(int)  # voxels along k, j, i
         box = tuple(
-            slice(max(s.start - grow, 0), min(s.stop + grow, n))
-            for s, n in zip(tumour.box, self.grid.shape_kji, strict=True)
+            slice(max(s.start - int(g), 0), min(s.stop + int(g), n))
+            for s, g, n in zip(tumour.box, grow, self.grid.shape_kji, strict=True)
         )
         shape = tuple(s.stop - s.start for s in box)
         values = np.zeros(shape, np.float32)

@@ -134,7 +134,8 @@ class ResectionResult:
     checked_vessels: list[str] = field(default_factory=list)
     resections: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    spacing_mm: float = 0.5
+    spacing_mm: float = 0.5  # as asked; the working grid's voxels are `voxel_size_mm`
+    voxel_size_mm: tuple[float, float, float] | None = None
     organ_voxels: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -188,7 +189,11 @@ class ResectionResult:
             "checked_vessels": list(self.checked_vessels),
             "resections": list(self.resections),
             "warnings": list(self.warnings),
-            "grid": {"spacing_mm": self.spacing_mm, "organ_voxels": self.organ_voxels},
+            "grid": {
+                "spacing_mm": self.spacing_mm,
+                "voxel_size_mm": [round(v, 4) for v in self.voxel_size_mm] if self.voxel_size_mm else None,
+                "organ_voxels": self.organ_voxels,
+            },
             "timings_s": {key: round(value, 4) for key, value in self.timings_s.items()},
         }
 

@@ -23,16 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import slicer
 from scipy import ndimage
 
 from VSPCoreLib.arrays import (
     GridArray,
-    array_to_vtk_matrix,
     crop_to_content,
-    grid_array_to_oriented_image,
     lattice_offset,
-    oriented_image_to_grid_array,
+    resample_nearest,
     segment_mask,
     segment_on_reference_grid,
 )
@@ -184,8 +181,9 @@ def directed_surface_distances(
 
 
 def resample_onto_lattice(mask: GridArray, ijk_to_ras: np.ndarray) -> GridArray:
-    """The mask resampled (nearest neighbour, Slicer's resampler) onto the lattice of `ijk_to_ras`,
-    over an extent that covers it whole; the result is cropped to its content."""
+    """The mask resampled (nearest neighbour, `VSPCoreLib.arrays.resample_nearest`: ties broken
+    in turn, not all up) onto the lattice of `ijk_to_ras`, over an extent that covers it whole;
+    the result is cropped to its content."""
     if not mask.array.any():
         return GridArray(np.zeros((0, 0, 0), bool), ijk_to_ras.copy())
     k, j, i = mask.array.shape
@@ -195,16 +193,13 @@ def resample_onto_lattice(mask: GridArray, ijk_to_ras: np.ndarray) -> GridArray:
     ijk = ras @ to_ijk[:3, :3].T + to_ijk[:3, 3]
     low = np.floor(ijk.min(axis=0)).astype(int) - 1
     high = np.ceil(ijk.max(axis=0)).astype(int) + 1
-    reference = slicer.vtkOrientedImageData()
-    reference.SetExtent(low[0], high[0], low[1], high[1], low[2], high[2])
-    reference.SetImageToWorldMatrix(array_to_vtk_matrix(ijk_to_ras))
-    source = grid_array_to_oriented_image(GridArray(mask.array.astype(np.uint8), mask.ijk_to_ras))
-    resampled = slicer.vtkOrientedImageData()
-    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-        source, reference, resampled, False, False
+    corner = np.asarray(ijk_to_ras, float).copy()
+    corner[:3, 3] = corner[:3, :3] @ low + corner[:3, 3]
+    shape = tuple(int(n) for n in (high - low + 1)[::-1])
+    array = resample_nearest(
+        GridArray(mask.array.astype(bool), mask.ijk_to_ras), corner, shape, index_offset=low
     )
-    grid = oriented_image_to_grid_array(resampled)
-    return crop_to_content(GridArray(grid.array > 0, grid.ijk_to_ras))
+    return crop_to_content(GridArray(array, corner))
 
 
 def _check_orthogonal(grid: GridArray) -> None:

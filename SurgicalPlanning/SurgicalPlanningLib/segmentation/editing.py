@@ -31,7 +31,13 @@ import slicer
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-from VSPCoreLib.arrays import GridArray, array_to_vtk_matrix, volume_ijk_to_ras, vtk_matrix_to_array
+from VSPCoreLib.arrays import (
+    GridArray,
+    array_to_vtk_matrix,
+    resample_nearest,
+    volume_ijk_to_ras,
+    vtk_matrix_to_array,
+)
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.segments import SegmentNotFoundError, find_segment
 
@@ -245,6 +251,16 @@ def image_array(image: vtk.vtkImageData) -> np.ndarray:
     if box.empty or image.GetPointData().GetScalars() is None:
         return np.zeros((0, 0, 0), np.uint8)
     return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(box.shape_kji)
+
+
+def _resample_labelmap(labelmap: vtk.vtkImageData, grid: Grid, box: Box) -> slicer.vtkOrientedImageData:
+    """A labelmap layer (any label values) resampled by nearest neighbour onto `box` of `grid`:
+    `VSPCoreLib.arrays.resample_nearest` (exact on grids that subdivide the layer's; half-voxel
+    ties broken up and down in turn, where Slicer's resampler rounds them all up)."""
+    layer = Grid.from_oriented_image(labelmap)
+    source = GridArray(image_array(labelmap), layer.matrix_of(layer.box))
+    values = resample_nearest(source, grid.matrix_of(box), box.shape_kji, index_offset=box.lo)
+    return grid.oriented_image(values, box)
 
 
 def mask_in_box(grid: Grid, mask: GridArray, box: Box) -> np.ndarray:
@@ -590,21 +606,13 @@ class EditSession:
         """Resample every labelmap layer onto the volume's grid (shared layers stay shared)."""
         node = self.segmentation_node
         segmentation = node.GetSegmentation()
-        target = slicer.vtkOrientedImageData()
         volume_grid = Grid.from_volume(self.source_volume)
-        target.SetImageToWorldMatrix(array_to_vtk_matrix(volume_grid.image_to_world))
-        target.SetExtent(
-            0, volume_grid.box.hi[0] - 1, 0, volume_grid.box.hi[1] - 1, 0, volume_grid.box.hi[2] - 1
-        )
         with slicer.util.NodeModify(node):
             for layer in range(segmentation.GetNumberOfLayers()):
                 labelmap = segmentation.GetLayerDataObject(layer)
                 if labelmap is None or image_box(labelmap).empty:
                     continue
-                resampled = slicer.vtkOrientedImageData()
-                slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                    labelmap, target, resampled, False, False
-                )
+                resampled = _resample_labelmap(labelmap, volume_grid, volume_grid.box)
                 labelmap.DeepCopy(resampled)  # in place: every segment of the layer follows
             node.SetReferenceImageGeometryParameterFromVolumeNode(self.source_volume)
 
@@ -673,12 +681,7 @@ class EditSession:
         layer_grid = Grid.from_oriented_image(labelmap)
         if not layer_grid.same_geometry(self._grid):
             # A layer on another grid (e.g. an imported labelmap): resample it onto the reference.
-            reference = self._grid.oriented_image(None, box if box is not None else self._grid.box)
-            resampled = slicer.vtkOrientedImageData()
-            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                labelmap, reference, resampled, False, False
-            )
-            labelmap = resampled
+            labelmap = _resample_labelmap(labelmap, self._grid, box if box is not None else self._grid.box)
         source_box = image_box(labelmap)
         values = image_array(labelmap)
         target = box
