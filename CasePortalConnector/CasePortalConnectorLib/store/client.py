@@ -388,6 +388,20 @@ class StoreClient:
         with self.translate(f"instance {sop_uid}"):
             return self.dicomweb.retrieve_instance(study_uid, series_uid, sop_uid)
 
+    def retrieve_instance_bytes(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+        """One instance as the store sent it (a DICOM Part 10 file), WADO-RS over the same
+        session. Faster than :meth:`retrieve_instance` (no parse and re-encode: the 512 x 512 x 300
+        download went from 7 % to most of curl's throughput) and byte-exact; the caller checks it."""
+        url = f"{self.settings.dicomweb_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+        with self.translate(f"instance {sop_uid}"):
+            # identity: Orthanc gzips answers by default, which costs more CPU (both ends) than
+            # it saves on a hospital network (measured: 12x slower than curl with gzip)
+            answer = self.session.get(
+                url, headers={"Accept": 'multipart/related; type="application/dicom"', "Accept-Encoding": "identity"}
+            )
+            answer.raise_for_status()
+        return _single_part(answer, self.server, sop_uid)
+
     # --- Orthanc extras through requests ----------------------------------------------------
     def is_orthanc(self) -> bool:
         """True when the server is an Orthanc (its REST API answers /system with its name)."""
@@ -486,6 +500,36 @@ class StoreClient:
         self.orthanc(
             "PUT", f"{self._study_path(study_uid)}/attachments/{name}", what=f"attachment {name}", data=data
         )
+
+
+def _single_part(answer: requests.Response, server: str, sop_uid: str) -> bytes:
+    """The one body part of a multipart/related WADO-RS answer."""
+    kind = answer.headers.get("Content-Type", "")
+    if kind.split(";")[0].strip().lower() == "application/dicom":
+        return answer.content
+    boundary = None
+    for parameter in kind.split(";")[1:]:
+        key, _, value = parameter.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not kind.lower().startswith("multipart/related") or not boundary:
+        raise ServerResponseError(
+            f"The store answered {kind or 'no content type'} for instance {sop_uid}, not DICOM.",
+            subject=server,
+        )
+    parts = answer.content.split(b"--" + boundary.encode())
+    bodies = []
+    for part in parts[1:]:
+        if part.startswith(b"--"):
+            break
+        _, separator, body = part.partition(b"\r\n\r\n")
+        if separator:
+            bodies.append(body[:-2] if body.endswith(b"\r\n") else body)
+    if len(bodies) != 1:
+        raise ServerResponseError(
+            f"The store answered {len(bodies)} parts for instance {sop_uid}, not one.", subject=server
+        )
+    return bodies[0]
 
 
 def open_store(settings: StoreSettings, **options) -> StoreClient:
