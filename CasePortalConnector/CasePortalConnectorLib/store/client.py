@@ -35,8 +35,25 @@ class StoreNotFoundError(ConnectorError):
     """A study, series or instance that the store does not hold (404): a bad request (exit 2)."""
 
 
+#: Percent-escapes that may stand unescaped in a URL query (RFC 3986) and that Orthanc 1.10's
+#: DICOMweb plugin does not decode (seen: ``StudyDescription=%2AWLTEST%2A`` matches nothing,
+#: ``*WLTEST*`` matches): wildcards ``*`` ``?``, the PN separator ``^`` and a few more.
+_QUERY_UNESCAPE = {"%2A": "*", "%3F": "?", "%5E": "^", "%2C": ",", "%3A": ":", "%40": "@", "%2F": "/"}
+
+
+def _plain_query(url: str) -> str:
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    for escape, char in _QUERY_UNESCAPE.items():
+        query = query.replace(escape, char).replace(escape.lower(), char)
+    return base + mark + query
+
+
 class TimeoutSession(requests.Session):
-    """A Session whose every request has a (connect, read) timeout unless the call gives one."""
+    """A Session whose every request has a (connect, read) timeout unless the call gives one,
+    and whose query strings keep wildcards unescaped (equivalent by RFC 3986; some stores do not
+    decode them)."""
 
     def __init__(self, timeout: tuple[float, float]):
         super().__init__()
@@ -45,7 +62,16 @@ class TimeoutSession(requests.Session):
     def request(self, method, url, *args, **kwargs):  # noqa: D401 (requests' signature)
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
+        if kwargs.get("verify") is None:
+            # explicit, or requests takes $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE over the session's
+            kwargs["verify"] = self.verify
         return super().request(method, url, *args, **kwargs)
+
+    def send(self, request, **kwargs):
+        request.url = _plain_query(request.url)
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.default_timeout
+        return super().send(request, **kwargs)
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -210,18 +236,15 @@ def translate_errors(settings: StoreSettings, what: str) -> Iterator[None]:
             "(VSP_STORE_CA_BUNDLE); check the server name in the URL.",
         ) from None
     except requests.exceptions.Timeout:
-        raise ServerUnreachableError(
-            f"No answer for {what} within {settings.connect_timeout_s:g} s (connect) / "
-            f"{settings.read_timeout_s:g} s (read).",
-            subject=server,
-            fix="Check that the store is running and reachable; raise read_timeout_s for slow stores.",
-        ) from None
+        raise _timeout(settings, what) from None
     except requests.exceptions.ConnectionError as error:
         text = _short(error)
+        if "timed out" in text or "Timeout" in text:  # a read timeout after the retries
+            raise _timeout(settings, what) from None
         reason = (
             "the server closed the connection"
-            if "Aborted" in text or "reset" in text
-            else ("the connection was refused or the name is unknown")
+            if "Aborted" in text or "reset" in text or "closed" in text
+            else "the connection was refused or the name is unknown"
         )
         raise ServerUnreachableError(
             f"Cannot reach the store for {what}: {reason} (after {settings.retries} retries).",
@@ -232,6 +255,15 @@ def translate_errors(settings: StoreSettings, what: str) -> Iterator[None]:
         raise http_error(settings, error.response, what) from None
     except requests.exceptions.RequestException as error:
         raise ServerResponseError(f"{what} failed: {_short(error)}.", subject=server) from None
+
+
+def _timeout(settings: StoreSettings, what: str) -> ServerUnreachableError:
+    return ServerUnreachableError(
+        f"No answer for {what} within {settings.connect_timeout_s:g} s (connect) / "
+        f"{settings.read_timeout_s:g} s (read).",
+        subject=settings.server,
+        fix="Check that the store is running and reachable; raise read_timeout_s for slow stores.",
+    )
 
 
 def _short(error: BaseException) -> str:
@@ -300,7 +332,15 @@ class StoreClient:
         if secret is None:
             secret = resolve_secret(settings, prompt)
         self.session = make_session(settings, secret)
-        self.dicomweb = DICOMwebClient(url=settings.dicomweb_url, session=self.session)
+        try:  # dicomweb-client >= 0.61.1 passes its own timeout (20 s) on every call: ours
+            self.dicomweb = DICOMwebClient(
+                url=settings.dicomweb_url, session=self.session, timeout=settings.timeout
+            )
+        except TypeError:  # 0.61.0 (Slicer 5.12) passes none: the session sets ours
+            self.dicomweb = DICOMwebClient(url=settings.dicomweb_url, session=self.session)
+        # dicomweb-client's own retrying (5 attempts, up to 15 s of waits, on ANY exception, POST
+        # included) is off: the session's urllib3 Retry does it, for idempotent calls only.
+        self.dicomweb.set_http_retry_params(retry=False)
         self._is_orthanc: bool | None = {"orthanc": True, "dicomweb": False}.get(settings.kind)
         self._orthanc_ids: dict[str, str] = {}
 
@@ -347,6 +387,24 @@ class StoreClient:
         """One instance as a pydicom Dataset (WADO-RS, application/dicom)."""
         with self.translate(f"instance {sop_uid}"):
             return self.dicomweb.retrieve_instance(study_uid, series_uid, sop_uid)
+
+    def retrieve_instance_bytes(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+        """One instance as the store sent it (a DICOM Part 10 file), WADO-RS over the same
+        session. Faster than :meth:`retrieve_instance` (no parse and re-encode: the 512 x 512 x 300
+        download went from 7 % to most of curl's throughput) and byte-exact; the caller checks it."""
+        url = f"{self.settings.dicomweb_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+        with self.translate(f"instance {sop_uid}"):
+            # identity: Orthanc gzips answers by default, which costs more CPU (both ends) than
+            # it saves on a hospital network (measured: 12x slower than curl with gzip)
+            answer = self.session.get(
+                url,
+                headers={
+                    "Accept": 'multipart/related; type="application/dicom"',
+                    "Accept-Encoding": "identity",
+                },
+            )
+            answer.raise_for_status()
+        return _single_part(answer, self.server, sop_uid)
 
     # --- Orthanc extras through requests ----------------------------------------------------
     def is_orthanc(self) -> bool:
@@ -446,6 +504,36 @@ class StoreClient:
         self.orthanc(
             "PUT", f"{self._study_path(study_uid)}/attachments/{name}", what=f"attachment {name}", data=data
         )
+
+
+def _single_part(answer: requests.Response, server: str, sop_uid: str) -> bytes:
+    """The one body part of a multipart/related WADO-RS answer."""
+    kind = answer.headers.get("Content-Type", "")
+    if kind.split(";")[0].strip().lower() == "application/dicom":
+        return answer.content
+    boundary = None
+    for parameter in kind.split(";")[1:]:
+        key, _, value = parameter.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not kind.lower().startswith("multipart/related") or not boundary:
+        raise ServerResponseError(
+            f"The store answered {kind or 'no content type'} for instance {sop_uid}, not DICOM.",
+            subject=server,
+        )
+    parts = answer.content.split(b"--" + boundary.encode())
+    bodies = []
+    for part in parts[1:]:
+        if part.startswith(b"--"):
+            break
+        _, separator, body = part.partition(b"\r\n\r\n")
+        if separator:
+            bodies.append(body[:-2] if body.endswith(b"\r\n") else body)
+    if len(bodies) != 1:
+        raise ServerResponseError(
+            f"The store answered {len(bodies)} parts for instance {sop_uid}, not one.", subject=server
+        )
+    return bodies[0]
 
 
 def open_store(settings: StoreSettings, **options) -> StoreClient:

@@ -6,7 +6,7 @@ store settings, ``$VSP_STORE_CACHE``, ``vsp store open --cache DIR``), laid out 
 ``<cache>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``: every name is a UID we
 checked (digits and dots), never a name chosen by the server.
 
-Each instance is fetched with WADO-RS (several in parallel), parsed, checked (its SOP Instance,
+Each instance is fetched with WADO-RS (several in parallel) as the bytes the store sent, parsed, checked (its SOP Instance,
 Series and Study UIDs are the requested ones) and written atomically (a temporary name, then a
 rename), so a file under its final name is always whole. When every instance the store lists is
 present — and their number equals the store's NumberOfSeriesRelatedInstances — a
@@ -18,6 +18,7 @@ refuses a partial series.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -172,12 +173,18 @@ def download_series(
     lock = threading.Lock()
 
     def fetch(sop_uid: str) -> None:
-        ds = client.retrieve_instance(study_uid, series_uid, sop_uid)
-        got = (
-            str(ds.get("SOPInstanceUID", "")),
-            str(ds.get("SeriesInstanceUID", "")),
-            str(ds.get("StudyInstanceUID", "")),
-        )
+        data = client.retrieve_instance_bytes(study_uid, series_uid, sop_uid)
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            got = (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID))
+        except Exception:  # noqa: BLE001 (whatever the parser says: not a usable instance)
+            got = None
+        if got is None:
+            raise ConnectorError(
+                "The store sent an instance that cannot be read as DICOM.",
+                subject=f"Instance {sop_uid}",
+                fix="Try again; report it to the store's administrator if it persists.",
+            )
         if got != (sop_uid, series_uid, study_uid):
             raise ConnectorError(
                 "The store sent a different instance than the one requested.",
@@ -187,11 +194,11 @@ def download_series(
         target = folder / (sop_uid + SUFFIX)
         temporary = folder / f"{partial_prefix()}{sop_uid}{SUFFIX}"
         try:
-            ds.save_as(temporary, enforce_file_format=True)
-            size = temporary.stat().st_size
+            temporary.write_bytes(data)
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
+        size = len(data)
         with lock:
             counter["done"] += 1
             counter["bytes"] += size

@@ -83,7 +83,10 @@ class WorklistQuery:
 
 
 def _wildcard(text: str) -> str:
-    return text if any(c in text for c in "*?") else f"*{text}*"
+    """``*text*`` unless it holds wildcards; a space becomes ``?`` (any one character): Orthanc
+    1.10 does not decode a percent-escaped space in a query, so "kidney plan" could never match."""
+    text = text if any(c in text for c in "*?") else f"*{text}*"
+    return text.replace(" ", "?")
 
 
 def _date(text: str, flag: str) -> str:

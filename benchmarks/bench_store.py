@@ -1,0 +1,184 @@
+"""Store benchmark against a local Orthanc (Testing/orthanc_server.py): series download and the
+worklist.
+
+1. Download: the sample series (``--size full`` = 512 x 512 x 300, or medium/small) is uploaded,
+   then fetched into a fresh cache by ``download_series`` (WADO-RS, ``--parallel`` instances at
+   once, each parsed, checked and written) and, in the same run, by ``curl`` fetching the same
+   instances with the same parallelism (``--parallel --parallel-max N``, raw bytes to disk).
+   Reports MB/s of both and the ratio (target >= 0.8).
+2. Worklist: ``--studies`` tiny studies (one 8 x 8 slice each) are uploaded; then a search over
+   all of them in one page, a 25-study page with planning states, and a filtered search are
+   timed.
+
+    python benchmarks/bench_store.py --size full --parallel 4 --studies 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "Testing"))
+
+SIZES = {"small": (128, 128, 75), "medium": (256, 256, 150), "full": (512, 512, 300)}
+
+
+def _client(server, parallel: int):
+    from CasePortalConnectorLib.store import StoreClient, StoreSettings
+
+    settings = StoreSettings(url=server.url, username=server.user, parallel=parallel, read_timeout_s=120)
+    return StoreClient(settings, secret=server.password)
+
+
+def bench_download(server, work: Path, size: str, parallel: int, repeats: int) -> dict:
+    import pydicom
+
+    from CasePortalConnectorLib.store import download_series
+    from CasePortalConnectorLib.store.worklist import get
+    from VSPCoreLib.sampledata.dicom_writer import write_dicom_series
+    from VSPCoreLib.sampledata.phantom import generate_phantom
+
+    start = time.perf_counter()
+    files = write_dicom_series(generate_phantom(SIZES[size], seed=1), work / "source")
+    generated = time.perf_counter() - start
+    start = time.perf_counter()
+    server.upload_folder(work / "source")
+    uploaded = time.perf_counter() - start
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    client = _client(server, parallel)
+    sops = [get(item, "SOPInstanceUID") for item in client.search_instances(study, series)]
+    ours, curls = [], []
+    for repeat in range(repeats):
+        cache = work / f"cache{repeat}"
+        result = download_series(client, study, series, cache, workers=parallel)
+        assert result.fetched == len(files)
+        ours.append((result.seconds, result.bytes_fetched))
+        shutil.rmtree(cache)
+        # curl: the same instances, same parallelism, the same WADO-RS URLs, bytes to disk
+        target = work / f"curl{repeat}"
+        target.mkdir()
+        config = work / "curl.cfg"
+        lines = [
+            f'user = "{server.user}:{server.password}"',
+            'header = "Accept: multipart/related; type=\\"application/dicom\\""',
+        ]
+        for sop in sops:
+            lines.append(f'url = "{server.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}"')
+            lines.append(f'output = "{target / sop}"')
+        config.write_text("\n".join(lines) + "\n")
+        config.chmod(0o600)
+        begin = time.perf_counter()
+        subprocess.run(
+            ["curl", "-sS", "--fail", "--parallel", "--parallel-max", str(parallel), "--config", str(config)],
+            check=True,
+        )
+        seconds = time.perf_counter() - begin
+        curls.append((seconds, sum(p.stat().st_size for p in target.iterdir())))
+        shutil.rmtree(target)
+        config.unlink()
+    best_ours = min(ours)
+    best_curl = min(curls)
+    ours_mb_s = best_ours[1] / 1e6 / best_ours[0]
+    curl_mb_s = best_curl[1] / 1e6 / best_curl[0]
+    return {
+        "size": size,
+        "shape": SIZES[size],
+        "instances": len(files),
+        "generate_s": round(generated, 2),
+        "upload_s": round(uploaded, 2),
+        "parallel": parallel,
+        "ours_s": [round(s, 3) for s, _ in ours],
+        "curl_s": [round(s, 3) for s, _ in curls],
+        "ours_mb": round(best_ours[1] / 1e6, 1),
+        "curl_mb": round(best_curl[1] / 1e6, 1),
+        "ours_mb_s": round(ours_mb_s, 1),
+        "curl_mb_s": round(curl_mb_s, 1),
+        "ratio_time": round(best_curl[0] / best_ours[0], 3),
+    }
+
+
+def bench_worklist(server, work: Path, studies: int) -> dict:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from CasePortalConnectorLib.store import WorklistQuery, search_worklist
+    from VSPCoreLib.sampledata.dicom_writer import write_dicom_series
+    from VSPCoreLib.sampledata.phantom import generate_phantom
+
+    template = pydicom.dcmread(write_dicom_series(generate_phantom((8, 8, 2), seed=2), work / "tiny")[0])
+    start = time.perf_counter()
+    for n in range(studies):
+        ds = copy.deepcopy(template)
+        ds.PatientID, ds.PatientName = f"BENCH{n:05d}", f"Bench^{n:05d}"
+        ds.StudyDescription, ds.AccessionNumber = (
+            f"BENCH {'kidney' if n % 10 == 0 else 'liver'} {n}",
+            f"B{n:06d}",
+        )
+        ds.StudyDate = f"2023{1 + n % 12:02d}{1 + n % 28:02d}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        server.rest("POST", "/instances", buffer.getvalue())
+    uploaded = time.perf_counter() - start
+    client = _client(server, 4)
+    timings = {}
+    begin = time.perf_counter()
+    page = search_worklist(client, WorklistQuery(), limit=studies, with_state=False)
+    timings["all_in_one_page_s"] = round(time.perf_counter() - begin, 3)
+    assert len(page.studies) >= studies
+    begin = time.perf_counter()
+    page = search_worklist(client, WorklistQuery(), limit=25, offset=studies // 2)
+    timings["page_25_with_states_s"] = round(time.perf_counter() - begin, 3)
+    begin = time.perf_counter()
+    page = search_worklist(
+        client, WorklistQuery(description="BENCH kidney", date_from="2023-01-01"), limit=200, with_state=False
+    )
+    timings["filtered_s"] = round(time.perf_counter() - begin, 3)
+    timings["filtered_matches"] = len(page.studies)
+    return {"studies": studies, "upload_s": round(uploaded, 1), **timings}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--studies", type=int, default=1000)
+    parser.add_argument("--skip-download", action="store_true")
+    parser.add_argument("--skip-worklist", action="store_true")
+    args = parser.parse_args()
+    from orthanc_server import OrthancServer
+
+    report = {}
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
+        work = Path(folder)
+        server = OrthancServer(work / "orthanc")
+        try:
+            server.start()
+            if not args.skip_download:
+                report["download"] = bench_download(server, work, args.size, args.parallel, args.repeats)
+                print(json.dumps(report["download"]), file=sys.stderr)
+            if not args.skip_worklist:
+                server.clear()
+                report["worklist"] = bench_worklist(server, work, args.studies)
+        finally:
+            server.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
