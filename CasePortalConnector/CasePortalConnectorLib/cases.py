@@ -35,7 +35,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ DEFAULT_LOCK_TTL_S = 4 * 3600
 class CaseLockedError(ConnectorError):
     """The case is locked by another planner."""
 
-    exit_code = 6
+    exit_code = 7
 
 
 class CaseStoreError(ConnectorError):
@@ -130,6 +129,17 @@ class CaseStore:
         self.client = DICOMwebClient(url=self.key, session=self.session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)
 
+    @classmethod
+    def from_client(cls, client) -> CaseStore:
+        """The case store of a ``store.StoreClient`` (its session: auth, TLS, timeouts)."""
+        settings = client.settings
+        return cls(
+            settings.dicomweb_url,
+            orthanc_url=settings.base_url if client.is_orthanc() else None,
+            session=client.session,
+            timeout=settings.timeout,
+        )
+
     # ---- DICOMweb ----------------------------------------------------------------------------
 
     def instance_exists(self, study_uid: str, sop_uid: str) -> bool:
@@ -148,7 +158,9 @@ class CaseStore:
         # Orthanc answers with an empty FailedSOPSequence: test emptiness, not presence.
         if len(answer.get("FailedSOPSequence", []) or []) > 0:
             raise _Refused("the store refused the instance (FailedSOPSequence)")
-        stored = {str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])}
+        stored = {
+            str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])
+        }
         if answer and str(ds.SOPInstanceUID) not in stored:
             raise _Refused("the store's answer does not list the instance as stored")
 
@@ -166,9 +178,7 @@ class CaseStore:
         def value(item, tag):
             return (item.get(tag, {}).get("Value") or [""])[0]
 
-        records = [
-            item for item in found if value(item, "0008103E") in ("", RECORD_SERIES_DESCRIPTION)
-        ]
+        records = [item for item in found if value(item, "0008103E") in ("", RECORD_SERIES_DESCRIPTION)]
         return sorted(records, key=lambda item: (value(item, "00080023"), value(item, "00080033")))
 
     # ---- Orthanc extras ------------------------------------------------------------------------
@@ -218,7 +228,9 @@ class CaseStore:
         return response.text
 
     def put_metadata(self, study_uid: str, name: str, value: str) -> None:
-        self._request("PUT", f"{self._study_path(study_uid)}/metadata/{name}", data=value.encode()).raise_for_status()
+        self._request(
+            "PUT", f"{self._study_path(study_uid)}/metadata/{name}", data=value.encode()
+        ).raise_for_status()
 
     def delete_metadata(self, study_uid: str, name: str) -> None:
         response = self._request("DELETE", f"{self._study_path(study_uid)}/metadata/{name}")
@@ -365,7 +377,9 @@ def release_lock(store: CaseStore, study_uid: str, *, owner: str | None = None, 
 # --------------------------------------------------------------------------------------------
 
 
-def write_case_record(source, plan: bytes, manifest: bytes, out_path: Path, *, sop_uid: str, series_uid: str) -> Path:
+def write_case_record(
+    source, plan: bytes, manifest: bytes, out_path: Path, *, sop_uid: str, series_uid: str
+) -> Path:
     """A Raw Data Storage instance in the source study holding the plan and the manifest."""
     from CasePortalConnectorLib.dicom_objects.encapsulated import Equipment, base_dataset, write_dataset
 
@@ -471,7 +485,7 @@ def save_case(
     Reference); ``segmentation`` a segmentation node or a ``.seg.nrrd`` file (exported as DICOM
     SEG); ``models`` STL files (Encapsulated STL, one series); ``report`` a PDF (Encapsulated
     PDF); ``plan`` the plan.json. ``base_version`` is the plan version this workstation started
-    from (:func:`open_case` records it; None for a new case). Everything is queued in the outbox
+    from (:func:`open_saved_case` records it; None for a new case). Everything is queued in the outbox
     first (all or nothing); with ``send`` the outbox then sends what it can, and what it cannot
     stays queued.
     """
@@ -497,7 +511,9 @@ def save_case(
         ) from None
     except ValueError as error:
         raise ConnectorError(
-            f"is not valid JSON ({error}).", subject=str(plan_path), fix="give the plan.json that vsp plan wrote."
+            f"is not valid JSON ({error}).",
+            subject=str(plan_path),
+            fix="give the plan.json that vsp plan wrote.",
         ) from None
     owner = owner or default_owner()
     identity = read_source(source)
@@ -533,9 +549,7 @@ def save_case(
         }
 
         def add_instance(path: Path, sop_uid: str, series_uid: str) -> None:
-            items.append(
-                NewItem(INSTANCE, path, identity.study_uid, sop_uid=sop_uid, series_uid=series_uid)
-            )
+            items.append(NewItem(INSTANCE, path, identity.study_uid, sop_uid=sop_uid, series_uid=series_uid))
 
         if segmentation is not None:
             step(0.05, "writing the DICOM SEG")
@@ -549,7 +563,10 @@ def save_case(
             seg_path = export_seg(node, source, staging / "seg.dcm")
             ds = read_seg_dataset(seg_path)
             segments = [str(item.SegmentLabel) for item in ds.SegmentSequence]
-            uids = {"sop_instance_uid": str(ds.SOPInstanceUID), "series_instance_uid": str(ds.SeriesInstanceUID)}
+            uids = {
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "series_instance_uid": str(ds.SeriesInstanceUID),
+            }
             manifest["segmentation"] = _entry(
                 "seg", seg_path, uids, hashlib.sha256(bytes(ds.PixelData)).hexdigest(), segments=segments
             )
@@ -560,23 +577,43 @@ def save_case(
             for written in export_models_dicom(list(models), source, staging / "models"):
                 model_path = by_name.get(written.path.name)
                 content = sha256_file(model_path) if model_path else ""
-                uids = {"sop_instance_uid": written.sop_instance_uid, "series_instance_uid": written.series_instance_uid}
+                uids = {
+                    "sop_instance_uid": written.sop_instance_uid,
+                    "series_instance_uid": written.series_instance_uid,
+                }
                 manifest["models"].append(
-                    _entry(written.kind, written.path, uids, content, name=written.title, model_group_uid=written.model_group_uid)
+                    _entry(
+                        written.kind,
+                        written.path,
+                        uids,
+                        content,
+                        name=written.title,
+                        model_group_uid=written.model_group_uid,
+                    )
                 )
                 add_instance(written.path, written.sop_instance_uid, written.series_instance_uid)
         if report is not None:
             step(0.6, "writing the Encapsulated PDF report")
             written = export_pdf_dicom(report, source, staging / "report.dcm")
-            uids = {"sop_instance_uid": written.sop_instance_uid, "series_instance_uid": written.series_instance_uid}
-            manifest["report"] = _entry("pdf", written.path, uids, sha256_file(Path(report)), title=written.title)
+            uids = {
+                "sop_instance_uid": written.sop_instance_uid,
+                "series_instance_uid": written.series_instance_uid,
+            }
+            manifest["report"] = _entry(
+                "pdf", written.path, uids, sha256_file(Path(report)), title=written.title
+            )
             add_instance(written.path, written.sop_instance_uid, written.series_instance_uid)
         record_uid, record_series = new_uid(), new_uid()
         manifest["case_record"] = {"sop_instance_uid": record_uid, "series_instance_uid": record_series}
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
         step(0.7, "writing the case record")
         record = write_case_record(
-            identity, plan_bytes, manifest_bytes, staging / "record.dcm", sop_uid=record_uid, series_uid=record_series
+            identity,
+            plan_bytes,
+            manifest_bytes,
+            staging / "record.dcm",
+            sop_uid=record_uid,
+            series_uid=record_series,
         )
         add_instance(record, record_uid, record_series)
         (staging / "plan.json").write_bytes(plan_bytes)
@@ -587,9 +624,19 @@ def save_case(
             "owner": owner,
             "record_uid": record_uid,
         }
-        items.append(NewItem(CASE_FILE, staging / "plan.json", identity.study_uid, name=PLAN_ATTACHMENT, options=options))
         items.append(
-            NewItem(CASE_FILE, staging / "manifest.json", identity.study_uid, name=MANIFEST_ATTACHMENT, options=options)
+            NewItem(
+                CASE_FILE, staging / "plan.json", identity.study_uid, name=PLAN_ATTACHMENT, options=options
+            )
+        )
+        items.append(
+            NewItem(
+                CASE_FILE,
+                staging / "manifest.json",
+                identity.study_uid,
+                name=MANIFEST_ATTACHMENT,
+                options=options,
+            )
         )
         step(0.75, f"queueing {len(items)} items in the outbox")
         ids = outbox.add(store.key, items)
@@ -611,7 +658,7 @@ def save_case(
 CASE_STATE_FILE = "store-case.json"
 
 
-def open_case(
+def open_saved_case(
     store: CaseStore,
     study_uid: str,
     folder: PathLike,
@@ -639,7 +686,12 @@ def open_case(
                 study_uid, newest["0020000E"]["Value"][0], newest["00080018"]["Value"][0]
             )
             plan, manifest = read_case_record(ds)
-    state: dict[str, Any] = {"store": store.key, "study_instance_uid": study_uid, "plan_version": None, "files": {}}
+    state: dict[str, Any] = {
+        "store": store.key,
+        "study_instance_uid": study_uid,
+        "plan_version": None,
+        "files": {},
+    }
     if plan is None:
         _write_json(folder / CASE_STATE_FILE, state)
         return state  # a new case: nothing saved yet
@@ -652,10 +704,10 @@ def open_case(
             subject=f"study {study_uid}",
             fix="open the case records (`vsp store outbox` on the saving workstation) or save the case again.",
         )
-    _atomic_write(folder / "plan.json", plan)
+    _write_bytes(folder / "plan.json", plan)
     state["files"]["plan"] = "plan.json"
     if manifest:
-        _atomic_write(folder / "manifest.json", manifest)
+        _write_bytes(folder / "manifest.json", manifest)
         state["files"]["manifest"] = "manifest.json"
     state["plan_version"] = version
     if results and manifest_dict:
@@ -682,7 +734,9 @@ def _download_results(store: CaseStore, study_uid: str, manifest: dict, folder: 
         if entry["kind"] == "seg":
             content = hashlib.sha256(bytes(ds.PixelData)).hexdigest()
         else:
-            data = bytes(ds.EncapsulatedDocument)[: int(ds.get("EncapsulatedDocumentLength", len(ds.EncapsulatedDocument)))]
+            data = bytes(ds.EncapsulatedDocument)[
+                : int(ds.get("EncapsulatedDocumentLength", len(ds.EncapsulatedDocument)))
+            ]
             content = hashlib.sha256(data).hexdigest()
         if entry.get("content_sha256") and content != entry["content_sha256"]:
             raise CaseStoreError(
@@ -705,14 +759,13 @@ def read_case_state(folder: PathLike) -> dict | None:
     return json.loads(path.read_text())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.partial")
-    with open(partial, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` in one piece (a temporary renamed into place)."""
+    from VSPCoreLib.files import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
 
 
 def _write_json(path: Path, values: dict) -> None:
-    _atomic_write(path, json.dumps(values, indent=2, sort_keys=True).encode())
+    _write_bytes(path, json.dumps(values, indent=2, sort_keys=True).encode())

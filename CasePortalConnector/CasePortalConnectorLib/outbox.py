@@ -234,6 +234,8 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "transient", "the store cannot be reached"
     if exit_code == 5:
         return "auth", "the store refused the credentials"
+    if exit_code == 6:
+        return "transient", "the store failed (server error)"
     return "rejected", type(error).__name__
 
 
@@ -451,7 +453,10 @@ class Outbox:
 
     def _clean_orphans(self) -> None:
         """Delete copies no row refers to (a crash between the copy and the commit) and partials."""
-        known = {row[0] for row in self._db.execute("SELECT file FROM items WHERE state IN (?, ?)", (PENDING, FAILED))}
+        known = {
+            row[0]
+            for row in self._db.execute("SELECT file FROM items WHERE state IN (?, ?)", (PENDING, FAILED))
+        }
         for path in self.files.iterdir():
             if path.name not in known:
                 path.unlink(missing_ok=True)
@@ -556,6 +561,9 @@ class Outbox:
         return target.put_case_file(item.study_uid, item.name, path.read_bytes(), item.options)
 
 
-class _Damaged(Exception):
+class _Damaged(OutboxError):
     outbox_kind = "rejected"
     outbox_reason = "the queued copy is missing or damaged; save the case again"
+
+    def __init__(self):
+        super().__init__(self.outbox_reason)
