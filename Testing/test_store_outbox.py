@@ -368,3 +368,49 @@ def test_orthanc_killed_mid_upload_then_everything_arrives_exactly_once(orthanc_
     assert store.store.get_attachment(result.study_uid, PLAN_ATTACHMENT) == case.plan.read_bytes()
     manifest = store.store.get_attachment(result.study_uid, MANIFEST_ATTACHMENT)
     assert json.loads(manifest)["plan"]["sha256"] == result.plan_version
+
+
+class BatchStore(MemoryStore):
+    """A MemoryStore that also lists a study's instances and stores several per request."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = 0
+        self.listings = 0
+
+    def stored_instances(self, study_uid):
+        self._check()
+        self.listings += 1
+        return set(self.instances)
+
+    def store_instance(self, path):
+        self.requests += 1
+        super().store_instance(path)
+
+    def store_instances(self, paths):
+        self._check()
+        self.requests += 1
+        refused = set()
+        for path in paths:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            if uid in self.refuse:
+                refused.add(uid)
+                continue
+            self.uploads[uid] = self.uploads.get(uid, 0) + 1
+            self.instances[uid] = Path(path).read_bytes()
+        return refused
+
+
+def test_instances_go_in_batches_and_the_store_is_listed_once(series, tmp_path):
+    outbox = Outbox(tmp_path / "box" / "outbox.sqlite", batch_count=2)
+    items = as_items(series[:5])
+    ids = outbox.add(MemoryStore.key, items)
+    store = BatchStore()
+    store.instances[items[0].sop_uid] = b"already there"  # e.g. sent before a crash
+    store.refuse = {items[3].sop_uid}
+    report = outbox.send(store)
+    assert report.already_there == [ids[0]]
+    assert report.sent == [ids[1], ids[2], ids[4]] and report.failed == [ids[3]]
+    assert outbox.item(ids[3]).last_error == "the store refused the instance (FailedSOPSequence)"
+    assert store.listings == 1 and store.requests == 3  # [0,1] -> 1 sent, [2,3] -> 1 request, [4]
+    assert items[0].sop_uid not in store.uploads and set(store.uploads.values()) == {1}

@@ -164,6 +164,38 @@ class CaseStore:
         if answer and str(ds.SOPInstanceUID) not in stored:
             raise _Refused("the store's answer does not list the instance as stored")
 
+    def stored_instances(self, study_uid: str) -> set[str]:
+        """The SOP Instance UIDs the store holds in the study (every page of the answer)."""
+        if self.orthanc_url:
+            study = self.study_id(study_uid)
+            if study is None:
+                return set()
+            response = self._request("GET", f"/studies/{study}/instances")
+            response.raise_for_status()
+            return {str(item["MainDicomTags"].get("SOPInstanceUID", "")) for item in response.json()}
+        found = self.client.search_for_instances(
+            study_instance_uid=study_uid, fields=["SOPInstanceUID"], get_remaining=True
+        )
+        return {str(item["00080018"]["Value"][0]) for item in found if item.get("00080018", {}).get("Value")}
+
+    def store_instances(self, paths: Sequence[Path]) -> set[str]:
+        """Store several instances in one STOW-RS request; returns the SOP UIDs the store refused."""
+        import pydicom
+
+        datasets = [pydicom.dcmread(path) for path in paths]
+        answer = self.client.store_instances(datasets)
+        # Orthanc answers with an empty FailedSOPSequence: test emptiness, not presence.
+        refused = {
+            str(item.get("ReferencedSOPInstanceUID", ""))
+            for item in answer.get("FailedSOPSequence", []) or []
+        }
+        stored = {
+            str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])
+        }
+        if answer:
+            refused |= {str(ds.SOPInstanceUID) for ds in datasets} - stored
+        return refused
+
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str):
         return self.client.retrieve_instance(study_uid, series_uid, sop_uid)
 

@@ -49,6 +49,9 @@ INSTANCE, CASE_FILE = "instance", "case-file"
 #: Backoff: the first retry after BACKOFF_BASE_S, doubling, at most BACKOFF_MAX_S, ±20 % jitter.
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 900.0
+#: Instances of one study sent in one STOW-RS request: at most this many, this many bytes.
+BATCH_COUNT = 64
+BATCH_BYTES = 32 * 2**20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -278,12 +281,16 @@ class Outbox:
         *,
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_max_s: float = BACKOFF_MAX_S,
+        batch_count: int = BATCH_COUNT,
+        batch_bytes: int = BATCH_BYTES,
     ):
         self.path = Path(path) if path is not None else default_outbox_path()
         self.folder = self.path.parent
         self.files = self.folder / "files"
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
+        self.batch_count = batch_count
+        self.batch_bytes = batch_bytes
         try:
             _private_folder(self.folder)
             _private_folder(self.files)
@@ -510,37 +517,122 @@ class Outbox:
             if item.next_try <= now and (not ids or item.id in ids)
         ]
         blocked_batches: set[str] = set()
-        for number, item in enumerate(due):
+        known: dict[str, set[str]] = {}  # study -> SOP UIDs the store holds (listed once a pass)
+        done = 0
+        batches = hasattr(target, "store_instances")  # else one instance per request and commit
+        for group in self._groups(due, self.batch_count if batches else 1):
             if progress:
-                progress(number / max(len(due), 1), f"sending {item.label()}")
-            if item.kind == CASE_FILE and (item.batch in blocked_batches or self._batch_waiting(item)):
+                progress(done / max(len(due), 1), f"sending {group[0].label()}")
+            done += len(group)
+            first = group[0]
+            if first.kind == CASE_FILE and (first.batch in blocked_batches or self._batch_waiting(first)):
                 continue  # its instances first
             try:
-                result = self._send_one(target, item)
+                if first.kind == CASE_FILE:
+                    results = {first.id: self._send_one(target, first)}
+                else:
+                    results = self._send_instances(target, group, known)
             except Exception as error:  # noqa: BLE001 (every failure is classified and recorded)
                 kind, reason = classify(error)
-                if kind == "rejected":
-                    self._set(item.id, state=FAILED, attempts=item.attempts + 1, last_error=reason)
+                if kind == "rejected" and len(group) > 1:
+                    results = {}
+                    for item in group:  # find the one the store refuses
+                        try:
+                            results[item.id] = self._send_one(target, item)
+                        except Exception as single:  # noqa: BLE001
+                            kind, reason = classify(single)
+                            if kind != "rejected":
+                                self._unreachable(target, item, now, reason, report)
+                                return
+                            results[item.id] = _Failure(reason)
+                elif kind == "rejected":
+                    results = {first.id: _Failure(reason)}
+                else:
+                    self._unreachable(target, first, now, reason, report)
+                    return  # the store is down (or refuses us): stop the pass, keep everything queued
+            for item in group:
+                result = results.get(item.id)
+                if result is None:
+                    continue
+                if isinstance(result, _Failure):
+                    self._set(item.id, state=FAILED, attempts=item.attempts + 1, last_error=result.reason)
                     report.failed.append(item.id)
                     blocked_batches.add(item.batch)
                     continue
-                delay = backoff_delay(item.attempts + 1, base=self.backoff_base_s, maximum=self.backoff_max_s)
-                self._set(item.id, attempts=item.attempts + 1, next_try=now + delay, last_error=reason)
-                with self._transaction() as db:  # the store is down for all its items, not only this one
-                    db.execute(
-                        "UPDATE items SET next_try=? WHERE store=? AND state=? AND next_try<?",
-                        (now + delay, target.key, PENDING, now + delay),
-                    )
-                report.unreachable = reason
-                return  # the store is down (or refuses us): stop the pass, keep everything queued
-            if before_commit:
-                before_commit(item)
-            self._finish(item, result)
-            (report.already_there if result == "already in the store" else report.sent).append(item.id)
-            if result not in ("stored", "already in the store"):
-                report.notes[item.id] = result
+                if before_commit:
+                    before_commit(item)
+                self._finish(item, result)
+                (report.already_there if result == "already in the store" else report.sent).append(item.id)
+                if result not in ("stored", "already in the store"):
+                    report.notes[item.id] = result
         if progress:
             progress(1.0, "outbox pass done")
+
+    def _unreachable(self, target, item: OutboxItem, now: float, reason: str, report: SendReport) -> None:
+        delay = backoff_delay(item.attempts + 1, base=self.backoff_base_s, maximum=self.backoff_max_s)
+        self._set(item.id, attempts=item.attempts + 1, next_try=now + delay, last_error=reason)
+        with self._transaction() as db:  # the store is down for all its items, not only this one
+            db.execute(
+                "UPDATE items SET next_try=? WHERE store=? AND state=? AND next_try<?",
+                (now + delay, target.key, PENDING, now + delay),
+            )
+        report.unreachable = reason
+
+    def _groups(self, due: list[OutboxItem], batch_count: int) -> Iterator[list[OutboxItem]]:
+        """Case files one by one; consecutive instances of one study together, up to
+        ``batch_count`` instances or ``batch_bytes`` (one STOW-RS request when the store can)."""
+        group: list[OutboxItem] = []
+        size = 0
+        for item in due:
+            fits = (
+                group
+                and item.kind == INSTANCE
+                and group[0].kind == INSTANCE
+                and item.study_uid == group[0].study_uid
+                and len(group) < batch_count
+                and size + item.size <= self.batch_bytes
+            )
+            if group and not fits:
+                yield group
+                group, size = [], 0
+            group.append(item)
+            size += item.size
+        if group:
+            yield group
+
+    def _send_instances(self, target, group: list[OutboxItem], known: dict[str, set[str]]) -> dict:
+        """Send a group of instances of one study: those the store already holds are not sent."""
+        for item in group:
+            path = self.file_of(item)
+            if not path.is_file() or sha256_file(path) != item.sha256:
+                raise _Damaged()
+        study = group[0].study_uid
+        lister = getattr(target, "stored_instances", None)
+        results: dict[int, Any] = {}
+        if lister is not None:
+            if study not in known:
+                known[study] = set(lister(study))
+            missing = [item for item in group if item.sop_uid not in known[study]]
+        else:
+            missing = [item for item in group if not target.instance_exists(study, item.sop_uid)]
+        for item in group:
+            if item not in missing:
+                results[item.id] = "already in the store"
+        many = getattr(target, "store_instances", None)
+        if len(missing) > 1 and many is not None:
+            refused = many([self.file_of(item) for item in missing])
+            for item in missing:
+                if item.sop_uid in refused:
+                    results[item.id] = _Failure("the store refused the instance (FailedSOPSequence)")
+                else:
+                    results[item.id] = "stored"
+                    known.setdefault(study, set()).add(item.sop_uid)
+        else:
+            for item in missing:
+                target.store_instance(self.file_of(item))
+                results[item.id] = "stored"
+                known.setdefault(study, set()).add(item.sop_uid)
+        return results
 
     def _batch_waiting(self, item: OutboxItem) -> bool:
         row = self._db.execute(
@@ -559,6 +651,11 @@ class Outbox:
             target.store_instance(path)
             return "stored"
         return target.put_case_file(item.study_uid, item.name, path.read_bytes(), item.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    reason: str
 
 
 class _Damaged(OutboxError):
