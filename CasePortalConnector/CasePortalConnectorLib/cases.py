@@ -56,6 +56,9 @@ RECORD_GROUP = 0x0071
 RECORD_SERIES_DESCRIPTION = "SlicerVSP case records"
 MANIFEST_FORMAT = "SlicerVSP case manifest"
 
+#: Bodies up to this size are posted whole (dicomweb-client's chunk size).
+STOW_CHUNK_BYTES = 64 * 2**20
+
 #: A lock lasts this long unless renewed (seconds).
 DEFAULT_LOCK_TTL_S = 4 * 3600
 
@@ -128,6 +131,9 @@ class CaseStore:
         self.timeout = timeout
         self.client = DICOMwebClient(url=self.key, session=self.session, timeout=timeout)
         self.client.set_http_retry_params(retry=False)
+        # One STOW-RS body is at most the outbox's batch (32 MiB): sent whole, not with chunked
+        # transfer encoding, which Orthanc receives about 2.5x slower.
+        self.client.set_chunk_size(STOW_CHUNK_BYTES)
 
     @classmethod
     def from_client(cls, client) -> CaseStore:
