@@ -43,8 +43,9 @@ from slicer_static import (
 )
 
 EXTENSION_CATEGORY = "Surgical Planning"
-#: SurgicalPlanningLib modules allowed to use the other two Lib packages (DESIGN.md, rule 2).
-CROSS_LIB_ROOMS = ("workflow", "cli", "cli_store", "cli_service", "cli_deid")  # the `vsp` command files
+#: SurgicalPlanningLib modules allowed to use the other two Lib packages (DESIGN.md, rule 2): the
+#: workflow and the `vsp` command files.
+CROSS_LIB_ROOMS = ("workflow", "cli", "cli_store", "cli_store_save", "cli_service", "cli_deid")
 
 
 def _module_tree(module: str) -> ast.Module:

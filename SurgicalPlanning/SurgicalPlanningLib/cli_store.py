@@ -131,6 +131,10 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
     from .cli_deid import register as register_deidentify
 
     register_deidentify()
+
+    from . import cli_store_save  # save, open-case, outbox, lock, unlock
+
+    cli_store_save.register()
     return store
 
 
