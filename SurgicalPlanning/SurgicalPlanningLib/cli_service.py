@@ -2,7 +2,8 @@
 
 Settings come from ``--settings FILE`` (or $VSP_SERVICE_SETTINGS), then $VSP_SERVICE_URL,
 $VSP_SERVICE_TOKEN_FILE, $VSP_SERVICE_MODEL, then the flags. Without a URL the local engine
-runs. Jobs are kept in ``service-jobs.json`` (beside --out, or --jobs PATH), so a job picked up
+runs; ``--backend dicom`` asks an AI node that works through the store (``--study/--series``,
+``--store-settings``; service/dicom_inout.py). Jobs are kept in ``service-jobs.json`` (beside --out, or --jobs PATH), so a job picked up
 after a restart is not submitted twice. Exit codes: 0 done, 2 bad input or unknown model,
 4 service unreachable or connection lost, 5 credentials refused, 6 service failed (server
 error, timeout, malformed answer), 130/143 interrupted.
@@ -20,7 +21,8 @@ def register(commands, common) -> None:
     service = commands.add_parser(
         "service",
         parents=[common],
-        help="the segmentation service (MONAI Label server or local engine): info, infer, jobs, resume",
+        help="the segmentation service (MONAI Label server, DICOM-in/out AI node or local engine): "
+        "info, infer, jobs, resume",
         description="Ask the hospital's GPU segmentation service (a MONAI Label server) or the local "
         "engine for a segmentation; the result is imported as a coded segmentation on the source grid. "
         "Exit codes: 2 bad input or unknown model, 4 unreachable, 5 credentials refused, 6 service failed.",
@@ -32,8 +34,15 @@ def register(commands, common) -> None:
     )
     shared.add_argument("--url", help="service URL (default: $VSP_SERVICE_URL; none: the local engine)")
     shared.add_argument(
-        "--backend", choices=("monailabel", "local"), help="backend (default from the settings)"
+        "--backend", choices=("monailabel", "local", "dicom"), help="backend (default from the settings)"
     )
+    shared.add_argument(
+        "--store-settings",
+        type=Path,
+        metavar="FILE",
+        help="backend dicom: the store settings file (default: vsp store's)",
+    )
+    shared.add_argument("--store", metavar="NAME", help="backend dicom: the store (server name) the node watches")
     shared.add_argument("--timeout-s", type=float, help="longest wait for one answer (s)")
     shared.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
@@ -49,6 +58,8 @@ def register(commands, common) -> None:
         "--volume", type=Path, help="the CT: volume file or DICOM folder (sent as a clean NRRD)"
     )
     source.add_argument("--image", help="an image id in the server's datastore (nothing is sent)")
+    source.add_argument("--series", help="backend dicom: the source series UID in the store (with --study)")
+    infer.add_argument("--study", help="backend dicom: the study UID of --series")
     infer.add_argument("--reference", type=Path, help="with --image: the CT the result must lie on")
     infer.add_argument("--out", required=True, type=Path, help="output segmentation (.seg.nrrd)")
     infer.add_argument("--jobs", type=Path, help="job store (default: service-jobs.json beside --out)")
@@ -85,6 +96,8 @@ def _settings(args):
         backend=args.backend,
         timeout_s=args.timeout_s,
         model=getattr(args, "model", None),
+        store_config=str(args.store_settings) if args.store_settings else None,
+        store=args.store,
     )
 
 
@@ -171,8 +184,22 @@ def _infer(args, progress) -> int:
     backend = make_backend(settings)
     app = VSPApplication.create_headless()
     reference = load_source(app, args.reference) if args.reference is not None else None
+    if bool(args.series) != bool(args.study):
+        raise ServiceRequestError(
+            "--series and --study go together.", subject="vsp service infer", fix="give both UIDs."
+        )
+    if args.series:
+        from CasePortalConnectorLib.store.worklist import check_uid
+
+        check_uid(args.study, "--study")
+        check_uid(args.series, "--series")
     request = InferRequest(
-        model=model, image_id=args.image or "", volume=str(args.volume or ""), params=params
+        model=model,
+        image_id=args.image or "",
+        volume=str(args.volume or ""),
+        params=params,
+        study_uid=args.study or "",
+        series_uid=args.series or "",
     )
     outcome = run_infer(
         app,
@@ -203,7 +230,13 @@ def _jobs(args, progress) -> int:
     if not jobs:
         print(f"no jobs in {JobStore(args.jobs).path}")
     for job in jobs:
-        source = f"image {job.image_id}" if job.image_id else f"volume {Path(job.volume).name}"
+        source = (
+            f"series {job.series_uid}"
+            if job.series_uid
+            else f"image {job.image_id}"
+            if job.image_id
+            else f"volume {Path(job.volume).name}"
+        )
         print(f"{job.job_id}  {job.state:<12} {job.backend:<10} {job.model:<20} {source}  attempts {job.attempts}  {job.updated}"
               + (f"  error: {job.error}" if job.error else ""))  # fmt: skip
     return 0

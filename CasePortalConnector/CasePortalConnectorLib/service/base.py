@@ -11,6 +11,14 @@ imported again without a second submit; a job whose answer never arrived is subm
 Exit codes of ``vsp service`` (the error's ``exit_code``): 2 bad input (including an unknown
 model), 4 the service cannot be reached (or the connection was lost), 5 credentials refused
 (401/403), 6 the service failed (server error, timeout, malformed answer), 130/143 interrupted.
+
+The errors are one hierarchy with the store's (:mod:`VSPCoreLib.errors`): :class:`ServiceError`
+is a :class:`~VSPCoreLib.errors.RemoteError`, :class:`ServiceUnreachable` a
+:class:`~VSPCoreLib.errors.ServerUnreachableError` (4), :class:`ServiceAuthError` a
+:class:`~VSPCoreLib.errors.CredentialsError` (5) and :class:`ServiceTimeout` a
+:class:`~VSPCoreLib.errors.ServerResponseError` (6): a service that does not finish an infer in
+the time allowed (the connection stood; the *service* failed to deliver) exits 6, unlike a
+store or service that cannot be reached at all (a connect timeout: 4).
 """
 
 from __future__ import annotations
@@ -29,13 +37,21 @@ from pathlib import Path
 from typing import Any
 
 from VSPCoreLib import files
-from VSPCoreLib.errors import VSPError
+from VSPCoreLib.errors import (
+    EXIT_CREDENTIALS,
+    EXIT_SERVER,
+    CredentialsError,
+    RemoteError,
+    ServerResponseError,
+    ServerUnreachableError,
+    VSPError,
+)
+from VSPCoreLib.errors import EXIT_UNREACHABLE as EXIT_UNREACHABLE
 
 from ..errors import ConnectorError
 
-EXIT_UNREACHABLE = 4
-EXIT_AUTH = 5
-EXIT_SERVICE = 6
+EXIT_AUTH = EXIT_CREDENTIALS  # the same numbers as the store's (VSPCoreLib.errors)
+EXIT_SERVICE = EXIT_SERVER
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -45,26 +61,29 @@ TOKEN_FILE_ENV = "VSP_SERVICE_TOKEN_FILE"
 MODEL_ENV = "VSP_SERVICE_MODEL"
 
 
-class ServiceError(ConnectorError):
+class ServiceError(ConnectorError, RemoteError):
     """The service could not do what was asked (exit code 6 unless a subclass says otherwise)."""
 
     exit_code = EXIT_SERVICE
 
 
-class ServiceUnreachable(ServiceError):
+class ServiceUnreachable(ServiceError, ServerUnreachableError):
     """No connection to the service, or the connection was lost during a request."""
 
     exit_code = EXIT_UNREACHABLE
 
 
-class ServiceAuthError(ServiceError):
+class ServiceAuthError(ServiceError, CredentialsError):
     """The service refused the credentials (401/403), or they are missing or unreadable."""
 
     exit_code = EXIT_AUTH
 
 
-class ServiceTimeout(ServiceError):
-    """The service did not answer within the time allowed."""
+class ServiceTimeout(ServiceError, ServerResponseError):
+    """The service did not deliver within the time allowed (exit 6: the service failed; a
+    service or store that cannot be reached at all is :class:`ServiceUnreachable`, 4)."""
+
+    exit_code = EXIT_SERVICE
 
 
 class ServiceRequestError(ServiceError):
@@ -90,7 +109,7 @@ class ServiceSettings:
     ``token_file`` names a file readable only by the user (0600) holding a token or
     ``{"username": ..., "password": ...}``."""
 
-    backend: str = "local"  # "monailabel" | "local"
+    backend: str = "local"  # "monailabel" | "local" | "dicom"
     url: str = ""
     model: str = ""
     name: str = ""
@@ -104,6 +123,15 @@ class ServiceSettings:
     backoff_s: float = 0.5
     save_label: bool = False  # send the corrected label back to the server's datastore
     engine: str = "classical"  # local backend: "classical" or "totalsegmentator"
+    # DICOM-in/DICOM-out backend (service/dicom_inout.py): the store is the hand-over
+    trigger: str = "http"  # "http" (POST to trigger_url) | "orthanc" (study metadata)
+    trigger_url: str = ""  # the AI node's endpoint for trigger "http"
+    store_config: str = ""  # the store settings file (default: vsp store's)
+    store: str = ""  # the store the AI node watches (a server name in it; default: its default)
+    source_store: str = ""  # external: the hospital store holding the source (default: store's default)
+    key_file: str = ""  # external: the pseudonym key (default: deid's private key file)
+    poll_s: float = 2.0  # first wait between two searches for the result
+    poll_max_s: float = 30.0  # the longest wait between two searches (exponential backoff)
 
     def public(self) -> dict[str, Any]:
         """The settings as saved in job records and provenance (no credentials in them)."""
@@ -214,14 +242,19 @@ def load_settings(path: str | os.PathLike | None = None, **overrides) -> Service
                 fix="correct the setting.",
             )
         setattr(settings, key, value)
-    if settings.backend not in ("monailabel", "local"):
+    if settings.backend not in ("monailabel", "local", "dicom"):
         raise ServiceRequestError(
             f"unknown backend {settings.backend!r}.",
             subject="service settings",
-            fix="use backend 'monailabel' (a MONAI Label server) or 'local' (this computer).",
+            fix="use backend 'monailabel' (a MONAI Label server), 'dicom' (an AI node working "
+            "through the store) or 'local' (this computer).",
         )
     if settings.backend == "monailabel":
         settings.url = check_service_url(settings.url)
+    if settings.backend == "dicom":
+        from .dicom_inout import check_dicom_settings
+
+        check_dicom_settings(settings)
     return settings
 
 
@@ -281,6 +314,8 @@ class InferRequest:
     image_id: str = ""  # a datastore image on the server
     volume: str = ""  # a volume file (NRRD/NIfTI/...) or a DICOM folder on this computer
     params: dict[str, Any] = field(default_factory=dict)
+    study_uid: str = ""  # DICOM-in/out: the source series in the store
+    series_uid: str = ""
 
 
 def now_iso() -> str:
@@ -298,6 +333,9 @@ class Job:
     image_id: str = ""
     volume: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    study_uid: str = ""  # DICOM-in/out: the source series in the store
+    series_uid: str = ""
+    remote: dict[str, Any] = field(default_factory=dict)  # DICOM-in/out: trigger and polling state
     state: str = "submitted"
     attempts: int = 0
     created: str = field(default_factory=now_iso)
@@ -323,6 +361,8 @@ class Job:
             image_id=request.image_id,
             volume=str(Path(request.volume).resolve()) if request.volume else "",
             params=dict(request.params),
+            study_uid=request.study_uid,
+            series_uid=request.series_uid,
         )
 
     @property
@@ -331,7 +371,12 @@ class Job:
 
     def request(self) -> InferRequest:
         return InferRequest(
-            model=self.model, image_id=self.image_id, volume=self.volume, params=dict(self.params)
+            model=self.model,
+            image_id=self.image_id,
+            volume=self.volume,
+            params=dict(self.params),
+            study_uid=self.study_uid,
+            series_uid=self.series_uid,
         )
 
     @classmethod
@@ -410,6 +455,8 @@ class JobStore:
                 and job.image_id == probe.image_id
                 and job.volume == probe.volume
                 and job.params == probe.params
+                and job.study_uid == probe.study_uid
+                and job.series_uid == probe.series_uid
             )
             if same and job.state in ("submitted", "running", "result_saved"):
                 return job

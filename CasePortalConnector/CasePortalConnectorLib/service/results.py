@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import vtk
 
 from VSPCoreLib import labels as label_maps
@@ -74,7 +75,10 @@ def provenance_of(job: Job, result: BackendResult) -> dict[str, Any]:
 def import_result(
     app, job: Job, result: BackendResult, reference_volume, *, name: str | None = None
 ) -> ImportedResult:
-    """Validate and import a backend's label map onto ``reference_volume``'s grid."""
+    """Validate and import a backend's label map (a DICOM SEG for the DICOM-in/out backend)
+    onto ``reference_volume``'s grid."""
+    if job.backend == "dicom":
+        return import_seg_result(app, job, result, reference_volume, name=name)
     table = label_table(result.label_names, source=f"{job.service_url} model {job.model}", model=job.model)
     if not table.classes:
         raise ServiceError(
@@ -143,3 +147,94 @@ def _type_code(structure_key: str | None) -> str:
     code = term.type
     side = f", {term.modifier.meaning}" if term.modifier is not None else ""
     return f"{code.scheme} {code.value} {code.meaning}{side}"
+
+
+def import_seg_result(
+    app, job: Job, result: BackendResult, reference_volume, *, name: str | None = None
+) -> ImportedResult:
+    """Validate and import an AI node's DICOM SEG onto the source CT (``reference_volume``).
+
+    The SEG must belong to the source series (patient, study, series, Frame of Reference: the
+    suite's identity check, else a malformed answer), lands on the CT's grid (another grid is
+    resampled, nearest neighbour, with a warning), and must hold at least one voxel. Each
+    segment's codes come from the SEG; a type code the suite's terminology does not know is kept
+    as coded, with a warning. Provenance: backend, store URL (no credentials), the requested
+    model, the SEG's algorithm name and version (its segment descriptions), its series UID,
+    latency (request to SEG found), round trip, time, job id."""
+    from VSPCoreLib.arrays import segment_mask
+
+    from ..dicom_objects.seg import ALGORITHM_NAME_TAG, ALGORITHM_VERSION_TAG, IMPORT_WARNINGS_ATTRIBUTE
+    from ..dicom_objects.seg import import_seg
+    from ..errors import DicomObjectError
+
+    subject = f"AI node result of job {job.job_id}"
+    try:
+        node = import_seg(app, result.label_file, reference_volume=reference_volume, name=name or f"{job.model} result")
+    except (DicomObjectError, InputDataError) as error:
+        raise ServiceError(
+            f"answered with a SEG that cannot be used: {error}",
+            subject=subject,
+            fix="the result was not imported; check that the node writes its SEG on the requested series.",
+        ) from None
+    segmentation = node.GetSegmentation()
+    warnings = [w for w in (node.GetAttribute(IMPORT_WARNINGS_ATTRIBUTE) or "").split("\n") if w]
+    segments, empty, algorithms = [], [], set()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segment_id)
+        voxels = int(np.count_nonzero(segment_mask(node, segment_id, reference_volume, crop=False).array))
+        entry = vtk.mutable("")
+        segment.GetTag(label_maps.TERMINOLOGY_TAG, entry)
+        known = terminology.find_by_terminology_entry(str(entry)) if str(entry) else []
+        parsed = terminology.parse_terminology_entry(str(entry)) if str(entry) else {}
+        code = parsed.get("type")
+        modifier = parsed.get("modifier")
+        if code is None:
+            code_text = "(no code)"
+        else:
+            code_text = f"{code.scheme} {code.value} {code.meaning}" + (f", {modifier.meaning}" if modifier else "")
+        if not known:
+            warnings.append(f"segment {segment.GetName()!r}: code {code_text} is not in the suite's terminology")
+        if voxels == 0:
+            empty.append(segment.GetName())
+        algorithm = " ".join(t for t in (_segment_tag(segment, ALGORITHM_NAME_TAG), _segment_tag(segment, ALGORITHM_VERSION_TAG)) if t)
+        if algorithm:
+            algorithms.add(algorithm)
+        segments.append(
+            {
+                "value": index + 1,
+                "class_name": segment.GetName(),
+                "segment": segment.GetName(),
+                "structure": known[0].key if len(known) == 1 else None,
+                "code": code_text,
+                "voxels": voxels,
+                "terminology": str(entry),
+                "segment_id": segment_id,
+            }
+        )
+    if not segments or len(empty) == len(segments):
+        app.scene.RemoveNode(node)
+        raise ServiceError(
+            f"answered with an empty segmentation ({len(segments)} segments, no voxel on the CT).",
+            subject=subject,
+            fix="check that the image is the kind the model segments.",
+        )
+    if empty:
+        warnings.append("segments the SEG names but that are empty on the CT: " + ", ".join(empty))
+    provenance = provenance_of(job, result)
+    provenance["algorithm"] = sorted(algorithms)
+    provenance["seg_series_uid"] = job.remote.get("result_series", "")
+    provenance["deidentified_copy"] = bool(job.remote.get("deidentified"))
+    text = json.dumps(provenance, sort_keys=True)
+    node.SetAttribute(PROVENANCE_ATTRIBUTE, text)
+    for key, value in provenance.items():
+        node.SetAttribute(f"{PROVENANCE_ATTRIBUTE}.{key}", "" if value is None else str(value))
+    for item in segments:
+        segmentation.GetSegment(item.pop("segment_id")).SetTag(PROVENANCE_TAG, text)
+    resampled = any("resampled" in w for w in warnings)
+    return ImportedResult(node, segments, warnings, provenance, resampled)
+
+
+def _segment_tag(segment, name: str) -> str:
+    value = vtk.mutable("")
+    return str(value) if segment.GetTag(name, value) else ""

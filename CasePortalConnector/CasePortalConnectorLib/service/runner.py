@@ -73,6 +73,10 @@ def make_backend(settings: ServiceSettings) -> Backend:
         from .monailabel import MonaiLabelBackend
 
         return MonaiLabelBackend(settings)
+    if settings.backend == "dicom":
+        from .dicom_inout import DicomInOutBackend
+
+        return DicomInOutBackend(settings)
     from .local import LocalBackend
 
     return LocalBackend(settings)
@@ -163,11 +167,27 @@ def run_infer(
 ) -> InferOutcome:
     """Submit ``request`` (or pick up the same unfinished request from the store) and import the
     result; ``out`` saves the segmentation (.seg.nrrd)."""
-    if not request.image_id and not request.volume:
+    if backend.name == "dicom":
+        if not (request.study_uid and request.series_uid) or request.image_id or request.volume:
+            raise ServiceRequestError(
+                "the DICOM-in/out backend works on a series in the store: it needs the study and "
+                "series UIDs, and nothing else to send.",
+                subject="service request",
+                fix="give --study UID --series UID (see `vsp store worklist`).",
+            )
+    elif not request.image_id and not request.volume:
         raise ServiceRequestError(
             "neither a datastore image id nor a volume to send.",
             subject="service request",
             fix="give --image ID (on the server) or --volume FILE|DICOM-FOLDER.",
+        )
+    if request.image_id and backend.settings.external:
+        raise ServiceRequestError(
+            "the service is marked external (outside the hospital network) and gets de-identified "
+            "data only; an image in its datastore cannot be checked for identity (its pixels, "
+            "header and the id itself may carry it), so it is not used.",
+            subject="--image",
+            fix="send the volume (--volume: a clean NRRD, geometry and voxels only) instead.",
         )
     if request.image_id and backend.name == "local":
         raise ServiceRequestError(
@@ -253,6 +273,10 @@ def _execute(app, backend, store, job, *, reference_volume, progress, cancel) ->
             began = time.monotonic()
             reference_volume = load_source(app, job.volume, scaled(progress, 0.0, 0.05))
             timings["load_s"] = time.monotonic() - began
+        elif reference_volume is None and job.series_uid and hasattr(backend, "load_reference"):
+            began = time.monotonic()  # the source series from the store (DICOM-in/out)
+            reference_volume = backend.load_reference(app, job, scaled(progress, 0.0, 0.05))
+            timings["load_s"] = time.monotonic() - began
         result = _saved_result(store, job)
         reused = result is not None
         if result is None:
@@ -270,6 +294,8 @@ def _execute(app, backend, store, job, *, reference_volume, progress, cancel) ->
                 store.save(job)
                 began = time.monotonic()
                 kwargs = {"volume_file": upload} if upload is not None else {}
+                if getattr(backend, "records_progress", False):
+                    kwargs["save_job"] = lambda: store.save(job)
                 result = backend.run(
                     job,
                     store.result_path(job, ""),
