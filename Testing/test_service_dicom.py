@@ -85,7 +85,14 @@ def ct_template(tmp_path_factory):
     for box, value in BOXES.values():
         hu[box] = value
     for k, ds in enumerate(datasets):
-        assert (ds.Rows, ds.Columns) == SHAPE_KJI[1:] and [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        assert (ds.Rows, ds.Columns) == SHAPE_KJI[1:] and [float(v) for v in ds.ImageOrientationPatient] == [
+            1,
+            0,
+            0,
+            0,
+            1,
+            0,
+        ]
         stored = (hu[k] - float(ds.RescaleIntercept)) / float(ds.RescaleSlope)
         ds.PixelData = stored.astype(np.uint16 if ds.PixelRepresentation == 0 else np.int16).tobytes()
     return datasets
@@ -176,11 +183,15 @@ class AiNode:
                 if state == "segmenting" and record.get("status") == "requested":
                     self.requests.append(record)
                     record["status"] = "processing"
-                    self.server.rest("PUT", f"/studies/{study_id}/metadata/VSPRequest", json.dumps(record).encode())
+                    self.server.rest(
+                        "PUT", f"/studies/{study_id}/metadata/VSPRequest", json.dumps(record).encode()
+                    )
                     if self.answer:
                         self.process(record)
                         record["status"] = "done"
-                        self.server.rest("PUT", f"/studies/{study_id}/metadata/VSPRequest", json.dumps(record).encode())
+                        self.server.rest(
+                            "PUT", f"/studies/{study_id}/metadata/VSPRequest", json.dumps(record).encode()
+                        )
             time.sleep(0.1)
 
     # --- the work ------------------------------------------------------------------------------
@@ -282,7 +293,9 @@ def check_result(outcome, node_worker, reference):
     provenance = outcome.imported.provenance
     assert provenance["algorithm"] == ["VSP test node 0.3"] and job.model_version == "VSP test node 0.3"
     assert provenance["backend"] == "dicom" and provenance["server_latency_s"] > 0
-    assert "planner" not in provenance["service"] and provenance["service"].startswith("dicom+http://127.0.0.1:")
+    assert "planner" not in provenance["service"] and provenance["service"].startswith(
+        "dicom+http://127.0.0.1:"
+    )
     assert provenance["seg_series_uid"] == node_worker.seg_series
 
 
@@ -323,7 +336,9 @@ def _reference(app):
     return nodes[0]
 
 
-def test_node_that_never_answers_times_out_then_resume_does_not_trigger_twice(hospital, ct_template, app, tmp_path):
+def test_node_that_never_answers_times_out_then_resume_does_not_trigger_twice(
+    hospital, ct_template, app, tmp_path
+):
     """Orthanc metadata trigger. The first client waits 1.5 s and gives up (exit 6); the job
     keeps its trigger. A new client (a restart) resumes: it polls, finds the SEG the node wrote
     meanwhile, and never writes a second request."""
@@ -356,7 +371,9 @@ def test_node_that_never_answers_times_out_then_resume_does_not_trigger_twice(ho
     node = AiNode(hospital, tmp_path / "node", trigger="orthanc").start()
     try:
         triggers = []
-        backend = DicomInOutBackend(dicom_settings(**settings, timeout_s=60.0), store_client=client_for(hospital))
+        backend = DicomInOutBackend(
+            dicom_settings(**{**settings, "timeout_s": 60.0}), store_client=client_for(hospital)
+        )
         original = backend._trigger
         backend._trigger = lambda *a: (triggers.append(a), original(*a))
         outcome = resume(app, backend, JobStore(tmp_path / "case"), job.job_id)
@@ -384,12 +401,16 @@ def test_node_failure_reported_in_metadata_stops_waiting(hospital, ct_template, 
     backend._trigger = trigger_then_fail
     began = time.monotonic()
     with pytest.raises(Exception) as caught:
-        run_infer(app, backend, JobStore(tmp_path), InferRequest("organs", study_uid=study, series_uid=series))
+        run_infer(
+            app, backend, JobStore(tmp_path), InferRequest("organs", study_uid=study, series_uid=series)
+        )
     assert time.monotonic() - began < 10 and caught.value.exit_code == 6
     assert "out of GPU memory" in str(caught.value)
 
 
-def test_external_node_gets_a_deidentified_copy_and_the_seg_is_mapped_back(hospital, ct_template, app, tmp_path):
+def test_external_node_gets_a_deidentified_copy_and_the_seg_is_mapped_back(
+    hospital, ct_template, app, tmp_path
+):
     """The node is outside: it watches its own store and sees only pseudonyms. Its SEG refers to
     the pseudonymised series; the client maps it back with the local key onto the original CT."""
     external = OrthancServer(tmp_path / "external", extra_config=EXTRA_CONFIG).start()
@@ -419,7 +440,9 @@ def test_external_node_gets_a_deidentified_copy_and_the_seg_is_mapped_back(hospi
             assert tags.get("PatientIdentityRemoved") == "YES" or tags.get("Modality") == "SEG"
         assert (key.stat().st_mode & 0o777) == 0o600
         job = outcome.job
-        assert job.remote["deidentified"] == "yes" and outcome.imported.provenance["deidentified_copy"] is True
+        assert (
+            job.remote["deidentified"] == "yes" and outcome.imported.provenance["deidentified_copy"] is True
+        )
         reference = _reference(app)
         assert reference.GetAttribute("DICOM.SeriesInstanceUID") == series  # the original CT
         check_result(outcome, node, reference)
@@ -445,7 +468,10 @@ def test_errors_are_one_hierarchy_with_the_stores():
     from VSPCoreLib import errors
 
     assert issubclass(base.ServiceError, errors.RemoteError)
-    assert issubclass(base.ServiceUnreachable, errors.ServerUnreachableError) and base.ServiceUnreachable.exit_code == 4
+    assert (
+        issubclass(base.ServiceUnreachable, errors.ServerUnreachableError)
+        and base.ServiceUnreachable.exit_code == 4
+    )
     assert issubclass(base.ServiceAuthError, errors.CredentialsError) and base.ServiceAuthError.exit_code == 5
     assert issubclass(base.ServiceTimeout, errors.ServerResponseError) and base.ServiceTimeout.exit_code == 6
     assert base.ServiceRequestError.exit_code == 2
@@ -466,13 +492,25 @@ def test_store_unreachable_and_credentials_exit_codes(hospital, app, tmp_path):
     from VSPCoreLib.errors import CredentialsError, ServerUnreachableError
 
     request = InferRequest("organs", study_uid="1.2.3", series_uid="1.2.3.4")
-    dead = StoreClient(StoreSettings(url=f"http://127.0.0.1:{free_port()}", username="x", retries=0), secret="x")
+    dead = StoreClient(
+        StoreSettings(url=f"http://127.0.0.1:{free_port()}", username="x", retries=0), secret="x"
+    )
     with pytest.raises(ServerUnreachableError) as caught:
-        run_infer(app, DicomInOutBackend(dicom_settings(trigger="orthanc"), store_client=dead), JobStore(tmp_path), request)
+        run_infer(
+            app,
+            DicomInOutBackend(dicom_settings(trigger="orthanc"), store_client=dead),
+            JobStore(tmp_path),
+            request,
+        )
     assert caught.value.exit_code == 4
     wrong = StoreClient(StoreSettings(url=hospital.url, username=hospital.user, retries=0), secret="wrong")
     with pytest.raises(CredentialsError) as caught:
-        run_infer(app, DicomInOutBackend(dicom_settings(trigger="orthanc"), store_client=wrong), JobStore(tmp_path), request)
+        run_infer(
+            app,
+            DicomInOutBackend(dicom_settings(trigger="orthanc"), store_client=wrong),
+            JobStore(tmp_path),
+            request,
+        )
     assert caught.value.exit_code == 5
 
 
@@ -484,7 +522,9 @@ def test_cli_infer_jobs_resume(hospital, ct_template, tmp_path):
     password.write_text(hospital.password)
     password.chmod(0o600)
     store_settings = tmp_path / "store.json"
-    store_settings.write_text(json.dumps({"url": hospital.url, "username": hospital.user, "password_file": str(password)}))
+    store_settings.write_text(
+        json.dumps({"url": hospital.url, "username": hospital.user, "password_file": str(password)})
+    )
     node = AiNode(hospital, tmp_path / "node", answer=False).start()
     try:
         settings = tmp_path / "service.json"
@@ -508,5 +548,5 @@ def test_cli_infer_jobs_resume(hospital, ct_template, tmp_path):
     finally:
         node.stop()
     assert len(node.requests) == 1 and out.is_file()
-    assert "SCT 64033007" in second.stdout and "kidney_left" in second.stdout
+    assert "SCT 64033007" in second.stdout and "3 segments" in second.stdout
     assert JobStore(out.parent).get(job.job_id).state == "done"

@@ -42,7 +42,9 @@ def register(commands, common) -> None:
         metavar="FILE",
         help="backend dicom: the store settings file (default: vsp store's)",
     )
-    shared.add_argument("--store", metavar="NAME", help="backend dicom: the store (server name) the node watches")
+    shared.add_argument(
+        "--store", metavar="NAME", help="backend dicom: the store (server name) the node watches"
+    )
     shared.add_argument("--timeout-s", type=float, help="longest wait for one answer (s)")
     shared.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 

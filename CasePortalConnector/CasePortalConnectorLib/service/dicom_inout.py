@@ -165,7 +165,9 @@ class DicomInOutBackend(Backend):
             from ..store.client import StoreClient
             from ..store.settings import load_settings
 
-            source = load_settings(self.settings.store_config or None, server=self.settings.source_store or None)
+            source = load_settings(
+                self.settings.store_config or None, server=self.settings.source_store or None
+            )
             if source.dicomweb_url == self._store_settings.dicomweb_url:
                 raise ServiceRequestError(
                     "an external node must watch another store than the one holding the original.",

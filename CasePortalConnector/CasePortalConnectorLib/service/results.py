@@ -163,13 +163,19 @@ def import_seg_result(
     latency (request to SEG found), round trip, time, job id."""
     from VSPCoreLib.arrays import segment_mask
 
-    from ..dicom_objects.seg import ALGORITHM_NAME_TAG, ALGORITHM_VERSION_TAG, IMPORT_WARNINGS_ATTRIBUTE
-    from ..dicom_objects.seg import import_seg
+    from ..dicom_objects.seg import (
+        ALGORITHM_NAME_TAG,
+        ALGORITHM_VERSION_TAG,
+        IMPORT_WARNINGS_ATTRIBUTE,
+        import_seg,
+    )
     from ..errors import DicomObjectError
 
     subject = f"AI node result of job {job.job_id}"
     try:
-        node = import_seg(app, result.label_file, reference_volume=reference_volume, name=name or f"{job.model} result")
+        node = import_seg(
+            app, result.label_file, reference_volume=reference_volume, name=name or f"{job.model} result"
+        )
     except (DicomObjectError, InputDataError) as error:
         raise ServiceError(
             f"answered with a SEG that cannot be used: {error}",
@@ -192,12 +198,20 @@ def import_seg_result(
         if code is None:
             code_text = "(no code)"
         else:
-            code_text = f"{code.scheme} {code.value} {code.meaning}" + (f", {modifier.meaning}" if modifier else "")
+            code_text = f"{code.scheme} {code.value} {code.meaning}" + (
+                f", {modifier.meaning}" if modifier else ""
+            )
         if not known:
-            warnings.append(f"segment {segment.GetName()!r}: code {code_text} is not in the suite's terminology")
+            warnings.append(
+                f"segment {segment.GetName()!r}: code {code_text} is not in the suite's terminology"
+            )
         if voxels == 0:
             empty.append(segment.GetName())
-        algorithm = " ".join(t for t in (_segment_tag(segment, ALGORITHM_NAME_TAG), _segment_tag(segment, ALGORITHM_VERSION_TAG)) if t)
+        algorithm = " ".join(
+            t
+            for t in (_segment_tag(segment, ALGORITHM_NAME_TAG), _segment_tag(segment, ALGORITHM_VERSION_TAG))
+            if t
+        )
         if algorithm:
             algorithms.add(algorithm)
         segments.append(
