@@ -32,7 +32,7 @@ from pathlib import Path
 
 import vtk
 
-from VSPCoreLib import __version__, terminology
+from VSPCoreLib import __version__, arrays, terminology
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report
 from VSPCoreLib.segments import find_segment
@@ -284,11 +284,13 @@ def prepare_print(
     try:
         prepared, steps = [], []
         count = len(parts)
+        # Every part's segment masks in one pass over the segmentation, cropped to each segment.
+        masks = arrays.segment_masks(segmentation_node, [sid for part in parts for sid in part.segment_ids])
         for index, part in enumerate(parts):
             base = 0.05 + 0.65 * index / count
             report(progress, base, f"{part.name}: surface")
             labelmap = surface.part_labelmap(
-                segmentation_node, part.segment_ids, subject=f"part {part.name!r}"
+                segmentation_node, part.segment_ids, subject=f"part {part.name!r}", masks=masks
             )
             mesh, surface_step = surface.part_surface(
                 labelmap, options.surface, subject=f"part {part.name!r}"
