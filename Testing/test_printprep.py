@@ -390,3 +390,136 @@ def test_cli_print_prep(tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
     _ = pipeline  # the module is the one the CLI uses
+
+
+# --- speed-ups that must not move or change anything ---------------------------------------
+
+
+def _oblique_l_segmentation(app):
+    """An asymmetric L (its arm toward +j) on an oblique grid (rotated 30° about S, i running
+    toward the patient's left) far from the origin, in a segmentation of its own."""
+    import slicer
+    from slicer.util import updateVolumeFromArray
+
+    labels = np.zeros((30, 50, 60), np.uint8)
+    labels[8:22, 10:20, 30:50] = 1
+    labels[8:22, 20:42, 30:38] = 1
+    volume = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "oblique")
+    volume.SetSpacing(1.5, 1.2, 2.0)
+    volume.SetOrigin(60.0, -140.0, 300.0)
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    directions = np.array([[-c, -s, 0.0], [s, -c, 0.0], [0.0, 0.0, 1.0]])  # columns: i, j, k in RAS
+    matrix = __import__("vtk").vtkMatrix4x4()
+    for r in range(3):
+        for col in range(3):
+            matrix.SetElement(r, col, directions[r, col])
+    volume.SetIJKToRASDirectionMatrix(matrix)
+    updateVolumeFromArray(volume, labels)
+    segmentation = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "oblique L")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(volume, segmentation)
+    geometry = (labels, np.array([1.5, 1.2, 2.0]), directions, np.array([60.0, -140.0, 300.0]))
+    return segmentation, segmentation.GetSegmentation().GetNthSegmentID(0), geometry
+
+
+def test_cropped_conversion_is_slicers_surface_in_the_same_place(app):
+    """The part's labelmap is cropped to its bounding box (+2 voxels) before Slicer's converter:
+    the surface is the one Slicer makes from the whole labelmap, vertex for vertex, in RAS."""
+    import slicer
+
+    from PrintPrepLib import surface
+
+    segmentation, segment_id, (labels, spacing, directions, origin) = _oblique_l_segmentation(app)
+    labelmap = surface.part_labelmap(segmentation, [segment_id], subject="L")
+    assert labelmap.grid.array.shape == (14 + 4, 32 + 4, 20 + 4)  # cropped: k, j, i + margins
+    assert labelmap.voxel_count == 14 * (10 * 20 + 22 * 8)
+    ours, _ = surface.part_surface(
+        labelmap, surface.SurfaceOptions(smoothing_factor=0.0, supersampling=1), subject="L"
+    )
+    segment_image = slicer.vtkOrientedImageData()
+    segmentation.GetBinaryLabelmapRepresentation(segment_id, segment_image)
+    pad = __import__("vtk").vtkImageConstantPad()  # the whole 60 x 50 x 30 grid, as a scan's
+    pad.SetInputData(segment_image)
+    pad.SetOutputWholeExtent(0, 59, 0, 49, 0, 29)
+    pad.Update()
+    whole = slicer.vtkOrientedImageData()
+    whole.ShallowCopy(pad.GetOutput())
+    whole.CopyDirections(segment_image)
+    assert whole.GetDimensions() == (60, 50, 30)
+    bare = surface.polydata_to_trimesh(
+        surface.labelmap_to_surface(whole, smoothing_factor=0.0, decimation_factor=0.0)
+    )
+    assert len(ours.faces) == len(bare.faces)
+    np.testing.assert_allclose(ours.bounds, bare.bounds, atol=1e-6)
+    np.testing.assert_allclose(np.sort(ours.vertices, axis=0), np.sort(bare.vertices, axis=0), atol=1e-6)
+    # Where the voxels are, computed here from the grid's own geometry (not by Slicer): the
+    # mesh's centroid is the voxels' centroid, so nothing was shifted or mirrored.
+    k, j, i = np.nonzero(labels)
+    voxels_ras = np.stack([i, j, k], axis=1) * spacing @ directions.T + origin
+    np.testing.assert_allclose(ours.center_mass, voxels_ras.mean(axis=0), atol=0.3)
+
+
+def test_supersampling_keeps_the_part_in_place_and_its_volume(app):
+    from PrintPrepLib import surface
+
+    segmentation, segment_id, _ = _oblique_l_segmentation(app)
+    labelmap = surface.part_labelmap(segmentation, [segment_id], subject="L")
+    coarse, _ = surface.part_surface(
+        labelmap, surface.SurfaceOptions(smoothing_factor=0.0, supersampling=1), subject="L"
+    )
+    fine, step = surface.part_surface(
+        labelmap, surface.SurfaceOptions(smoothing_factor=0.0, supersampling=3), subject="L"
+    )
+    assert step["parameters"]["supersampling"] == 3
+    # The fine surface's voxel box is the coarse one's: the same outer faces, within a fine voxel.
+    np.testing.assert_allclose(fine.bounds, coarse.bounds, atol=1.5 / 3 + 1e-6)
+    np.testing.assert_allclose(fine.center_mass, coarse.center_mass, atol=0.2)
+    # Corner cutting at a third of the voxel size: nearer the voxel volume than the coarse surface.
+    assert abs(fine.volume - labelmap.volume_mm3) < abs(coarse.volume - labelmap.volume_mm3)
+    assert abs(fine.volume / labelmap.volume_mm3 - 1.0) < 0.02
+
+
+def test_self_intersections_counted_exactly():
+    # Two triangles that cross (one edge of each through the other): one pair.
+    vertices = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [2, 2, -5], [3, 3, 5], [8, -4, 0.5]], dtype=float)
+    crossing = trimesh.Trimesh(vertices, [[0, 1, 2], [3, 4, 5]], process=False)
+    assert repair.count_self_intersections(crossing) == 1
+    apart = trimesh.Trimesh(
+        vertices + np.array([[0, 0, 0]] * 3 + [[0, 0, 20]] * 3), [[0, 1, 2], [3, 4, 5]], process=False
+    )
+    assert repair.count_self_intersections(apart) == 0
+    # A closed sphere has none; two overlapping spheres cross along a circle.
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    assert repair.count_self_intersections(sphere) == 0
+    other = sphere.copy()
+    other.apply_translation((7.0, 1.3, 0.7))
+    both = trimesh.util.concatenate([sphere, other])
+    count = repair.count_self_intersections(both)
+    # The broad phase misses nothing: the same count as the exact test on every pair of faces.
+    faces = both.faces
+    a, b = np.triu_indices(len(faces), k=1)
+    near = np.linalg.norm(both.triangles_center[a] - both.triangles_center[b], axis=1) < 6.0
+    a, b = a[near], b[near]
+    apart_faces = ~(faces[a][:, :, None] == faces[b][:, None, :]).any(axis=(1, 2))
+    a, b = a[apart_faces], b[apart_faces]
+    ta, tb = both.triangles[a], both.triangles[b]
+    hit = np.zeros(len(a), bool)
+    for first, second in ((ta, tb), (tb, ta)):
+        for i, j in ((0, 1), (1, 2), (2, 0)):
+            hit |= repair._segments_cross_triangles(first[:, i], first[:, j], *second.transpose(1, 0, 2))
+    assert count == int(hit.sum()) > 20
+    with pytest.raises(repair.RepairError, match="self-intersecting"):
+        repair.repair(both)
+
+
+def test_holes_filled_and_decimation_keeps_a_closed_solid():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=20.0)
+    holed = trimesh.Trimesh(sphere.vertices, sphere.faces[1:], process=False)
+    fixed, report = repair.repair(holed)
+    assert report["before"]["boundary_edges"] == 3 and report["after"]["watertight"]
+    assert fixed.volume == pytest.approx(sphere.volume, rel=1e-3)
+    small = repair.decimate(sphere, 0.9)
+    assert len(small.faces) == pytest.approx(0.1 * len(sphere.faces), rel=0.05)
+    fixed, report = repair.repair(small)
+    assert report["after"]["watertight"] and report["after"]["self_intersecting_face_pairs"] == 0
+    assert fixed.volume == pytest.approx(sphere.volume, rel=0.01)

@@ -94,6 +94,19 @@ def write_stl(app, part: ExportPart, path: Path) -> Path:
     return path
 
 
+def _rows(template: str, values: np.ndarray, *, chunk: int = 100_000) -> str:
+    """Every row of ``values`` formatted with ``template`` (printf style), concatenated: one
+    formatting call per chunk of rows instead of one per row."""
+    values = np.asarray(values)
+    integers = np.issubdtype(values.dtype, np.integer)
+    parts = []
+    for start in range(0, len(values), chunk):
+        block = values[start : start + chunk]
+        flat = block.ravel().tolist() if integers else block.astype(np.float64).ravel().tolist()
+        parts.append((template * len(block)) % tuple(flat))
+    return "".join(parts)
+
+
 def write_obj(part: ExportPart, path: Path) -> tuple[Path, Path]:
     """OBJ in LPS mm with its MTL (diffuse colour ``Kd``) beside it."""
     mesh = ras_to_lps(part.mesh)
@@ -111,9 +124,9 @@ def write_obj(part: ExportPart, path: Path) -> tuple[Path, Path]:
             handle.write(
                 f"# SlicerVSP print part {part.name}; millimetres, LPS\nmtllib {mtl_path.name}\no {material}\n"
             )
-            np.savetxt(handle, mesh.vertices, fmt="v %.6f %.6f %.6f")
+            handle.write(_rows("v %.6f %.6f %.6f\n", mesh.vertices))
             handle.write(f"usemtl {material}\n")
-            np.savetxt(handle, np.asarray(mesh.faces) + 1, fmt="f %d %d %d")
+            handle.write(_rows("f %d %d %d\n", np.asarray(mesh.faces) + 1))
     return path, mtl_path
 
 
@@ -126,8 +139,8 @@ def write_3mf(parts: list[ExportPart], path: Path, *, material_name: str) -> Pat
     objects, items = [], []
     for index, part in enumerate(parts):
         mesh = ras_to_lps(part.mesh)
-        vertices = "".join(f'<vertex x="{x:.6f}" y="{y:.6f}" z="{z:.6f}"/>' for x, y, z in mesh.vertices)
-        triangles = "".join(f'<triangle v1="{a}" v2="{b}" v3="{c}"/>' for a, b, c in mesh.faces)
+        vertices = _rows('<vertex x="%.6f" y="%.6f" z="%.6f"/>', mesh.vertices)
+        triangles = _rows('<triangle v1="%d" v2="%d" v3="%d"/>', mesh.faces)
         object_id = index + 2
         objects.append(
             f'<object id="{object_id}" type="model" name="{_xml(part.name)}" pid="1" pindex="{index}">'
@@ -157,7 +170,8 @@ def write_3mf(parts: list[ExportPart], path: Path, *, material_name: str) -> Pat
         'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/></Relationships>'
     )
     with atomic_path(path) as temporary:
-        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
+        # Fast deflate (level 1): the model is text, most of its size goes at any level.
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
             archive.writestr("[Content_Types].xml", content_types)
             archive.writestr("_rels/.rels", rels)
             archive.writestr("3D/3dmodel.model", model)

@@ -27,12 +27,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import vtk
 
-from VSPCoreLib import __version__, terminology
+from VSPCoreLib import __version__, arrays, terminology
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report
 from VSPCoreLib.segments import find_segment
@@ -284,11 +285,13 @@ def prepare_print(
     try:
         prepared, steps = [], []
         count = len(parts)
+        # Every part's segment masks in one pass over the segmentation, cropped to each segment.
+        masks = arrays.segment_masks(segmentation_node, [sid for part in parts for sid in part.segment_ids])
         for index, part in enumerate(parts):
             base = 0.05 + 0.65 * index / count
             report(progress, base, f"{part.name}: surface")
             labelmap = surface.part_labelmap(
-                segmentation_node, part.segment_ids, subject=f"part {part.name!r}"
+                segmentation_node, part.segment_ids, subject=f"part {part.name!r}", masks=masks
             )
             mesh, surface_step = surface.part_surface(
                 labelmap, options.surface, subject=f"part {part.name!r}"
@@ -424,21 +427,62 @@ def _write_files(
         )
         for p, mesh, _ in prepared
     ]
+    # PrusaSlicer runs as separate processes, in the background while the other files are
+    # written (two at a time: this machine's cores), and its results are collected at the end.
+    slicing = []
+    slicer_pool = None
+    if (
+        options.slice
+        and printer.slicer == "prusa-slicer"
+        and export.prusaslicer_path()
+        and "stl" in options.formats
+    ):
+        slicer_pool = ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1)))
+    try:
+        _write_part_files(
+            app, prepared, export_parts, staging, printer, material, options, add, slicer_pool, slicing
+        )
+        if "3mf" in options.formats:
+            add(export.write_3mf(export_parts, staging / "print.3mf", material_name=material.name), "3mf")
+        if "glb" in options.formats:
+            add(export.write_glb(export_parts, staging / "print.glb"), "glb")
+        for ep in export_parts:
+            model_nodes.append(
+                trimesh_to_model_node(app.scene, ep.mesh, f"Print: {ep.name}", colour=ep.colour)
+            )
+        if options.save_scene:
+            report(progress, 0.9, "saving the scene bundle")
+            add(export.save_scene_bundle(app, staging / "scene.mrb"), "mrb")
+        if slicing:
+            report(progress, 0.95, "waiting for PrusaSlicer")
+        for part, entry, gcode, future in slicing:
+            entry["slicing"] = future.result()  # PrusaSlicer's failure is raised here
+            add(gcode, "gcode", part.name)
+    finally:
+        if slicer_pool is not None:
+            slicer_pool.shutdown(wait=True, cancel_futures=True)
+    return files
+
+
+def _write_part_files(
+    app, prepared, export_parts, staging, printer, material, options, add, slicer_pool, slicing
+):
+    """Each part's STL (sliced in ``slicer_pool`` where PrusaSlicer runs) and OBJ+MTL."""
     for (part, _mesh, entry), ep in zip(prepared, export_parts, strict=True):
         if "stl" in options.formats:
             stl = export.write_stl(app, ep, staging / "stl" / f"{ep.key}.stl")
             add(stl, "stl", part.name)
-            if options.slice and printer.slicer == "prusa-slicer" and export.prusaslicer_path():
-                report(progress, 0.75, f"{part.name}: slicing with PrusaSlicer")
+            if slicer_pool is not None:
                 gcode = staging / "gcode" / f"{ep.key}.gcode"
-                entry["slicing"] = export.slice_with_prusaslicer(
+                future = slicer_pool.submit(
+                    export.slice_with_prusaslicer,
                     stl,
                     gcode,
                     build_volume_mm=printer.build_volume_mm,
                     density_g_cm3=material.density_g_cm3,
                     options=printer.prusaslicer_options,
                 )
-                add(gcode, "gcode", part.name)
+                slicing.append((part, entry, gcode, future))
             elif options.slice:
                 entry["slicing"] = {
                     "sliced": False,
@@ -450,16 +494,6 @@ def _write_files(
             obj, mtl = export.write_obj(ep, staging / "obj" / f"{ep.key}.obj")
             add(obj, "obj", part.name)
             add(mtl, "mtl", part.name)
-    if "3mf" in options.formats:
-        add(export.write_3mf(export_parts, staging / "print.3mf", material_name=material.name), "3mf")
-    if "glb" in options.formats:
-        add(export.write_glb(export_parts, staging / "print.glb"), "glb")
-    for ep in export_parts:
-        model_nodes.append(trimesh_to_model_node(app.scene, ep.mesh, f"Print: {ep.name}", colour=ep.colour))
-    if options.save_scene:
-        report(progress, 0.9, "saving the scene bundle")
-        add(export.save_scene_bundle(app, staging / "scene.mrb"), "mrb")
-    return files
 
 
 def parts_table(result_record: dict) -> str:

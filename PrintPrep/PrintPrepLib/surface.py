@@ -27,6 +27,7 @@ import trimesh
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
+from VSPCoreLib import arrays
 from VSPCoreLib.errors import InputDataError
 
 from .mesh import polydata_to_trimesh
@@ -36,6 +37,9 @@ BINARY_LABELMAP = "Binary labelmap"
 AUTO_THICKNESS_VOXELS = 8.0
 AUTO_FACTOR = 3.0
 CLOSED_SURFACE = "Closed surface"
+# Empty voxels kept around a part's bounding box when its labelmap is cropped (the converter
+# needs one to close the surface; the second keeps smoothing away from the border).
+CROP_MARGIN_VOXELS = 2
 
 
 @dataclass
@@ -79,11 +83,18 @@ class SurfaceOptions:
 
 @dataclass
 class PartLabelmap:
-    """A part's merged binary labelmap (Slicer's vtkOrientedImageData, RAS geometry)."""
+    """A part's merged binary labelmap, cropped to the part's bounding box plus a margin.
+
+    ``grid`` holds the mask (numpy [k, j, i], 0/1) and the IJK→RAS matrix of its voxel (0, 0, 0);
+    ``image`` is the same voxels as Slicer's vtkOrientedImageData (RAS geometry), the input of
+    Slicer's converter. Cropping changes the extent only, never the place in the patient: every
+    voxel keeps its RAS position.
+    """
 
     image: object  # slicer.vtkOrientedImageData, values 0/1
     voxel_count: int
     spacing_mm: tuple[float, float, float]
+    grid: arrays.GridArray | None = None
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -94,13 +105,40 @@ class PartLabelmap:
         return self.voxel_count * self.voxel_volume_mm3
 
 
-def part_labelmap(segmentation_node, segment_ids: list[str], *, subject: str) -> PartLabelmap:
-    """The union of the segments' binary labelmaps on the segmentation's own grid.
+def _empty_part(subject: str) -> InputDataError:
+    return InputDataError(
+        "is empty: its segments hold no voxels.",
+        subject=subject,
+        fix="segment the structure first, or leave this part out (--segment).",
+    )
 
-    An empty part (no segment, or only empty segments) is an InputDataError naming it.
-    """
-    if not segment_ids:
-        raise InputDataError("has no segments.", subject=subject, fix="choose at least one segment.")
+
+def _union_on_one_lattice(masks: list[arrays.GridArray], margin: int) -> arrays.GridArray | None:
+    """The union of cropped masks that lie on one voxel lattice, in their common bounding box
+    plus ``margin`` empty voxels on every side; None when they lie on different lattices."""
+    reference = masks[0].ijk_to_ras
+    offsets = [arrays.lattice_offset(m, reference) for m in masks]
+    if any(offset is None for offset in offsets):
+        return None
+    low = np.min([offset for offset in offsets], axis=0)  # i, j, k
+    high = np.max(
+        [np.add(offset, m.array.shape[::-1]) for offset, m in zip(offsets, masks, strict=True)], axis=0
+    )
+    size_ijk = high - low + 2 * margin
+    union = np.zeros(tuple(int(s) for s in size_ijk[::-1]), dtype=np.uint8)
+    for offset, mask in zip(offsets, masks, strict=True):
+        i, j, k = (int(v) for v in np.subtract(offset, low) + margin)
+        depth, rows, columns = mask.array.shape
+        union[k : k + depth, j : j + rows, i : i + columns] |= mask.array.astype(np.uint8)
+    ijk_to_ras = reference.copy()
+    ijk_to_ras[:3, 3] = masks[0].ras_of(np.subtract(low, margin))
+    return arrays.GridArray(union, ijk_to_ras)
+
+
+def _merged_with_slicer(
+    segmentation_node, segment_ids: list[str], *, subject: str, margin: int
+) -> arrays.GridArray:
+    """The union through Slicer's MergeImage (segments on different grids), then cropped."""
     merged = None
     for segment_id in segment_ids:
         image = slicer.vtkOrientedImageData()
@@ -121,37 +159,48 @@ def part_labelmap(segmentation_node, segment_ids: list[str], *, subject: str) ->
                 f"segment {segment_id!r} could not be merged into the part.", subject=subject
             )
         merged = out
-    scalars = merged.GetPointData().GetScalars() if merged.GetPointData() else None
-    count = int(np.count_nonzero(vtk_to_numpy(scalars))) if scalars is not None else 0
-    if count == 0:
-        raise InputDataError(
-            "is empty: its segments hold no voxels.",
-            subject=subject,
-            fix="segment the structure first, or leave this part out (--segment).",
-        )
-    # A shared labelmap holds other segments' label values: keep only this part's voxels as 1.
-    binary = slicer.vtkOrientedImageData()
-    threshold = vtk.vtkImageThreshold()
-    threshold.SetInputData(merged)
-    threshold.ThresholdByUpper(1)
-    threshold.SetInValue(1)
-    threshold.SetOutValue(0)
-    threshold.SetOutputScalarTypeToUnsignedChar()
-    threshold.Update()
-    binary.ShallowCopy(threshold.GetOutput())
-    binary.CopyDirections(merged)
-    binary.SetOrigin(merged.GetOrigin())
-    binary.SetSpacing(merged.GetSpacing())
-    return PartLabelmap(binary, count, tuple(float(s) for s in merged.GetSpacing()))
+    grid = arrays.oriented_image_to_grid_array(merged)
+    mask = arrays.crop_to_content(arrays.GridArray((grid.array > 0).astype(np.uint8), grid.ijk_to_ras))
+    if not mask.array.size:
+        raise _empty_part(subject)
+    return _union_on_one_lattice([mask], margin)
+
+
+def part_labelmap(
+    segmentation_node,
+    segment_ids: list[str],
+    *,
+    subject: str,
+    masks: dict[str, arrays.GridArray] | None = None,
+    margin: int = CROP_MARGIN_VOXELS,
+) -> PartLabelmap:
+    """The union of the segments' binary labelmaps on the segmentation's own grid, cropped to
+    the part's bounding box plus ``margin`` empty voxels (the converter then works on the part
+    only, not on the whole scan). ``masks``: cropped segment masks already read (one pass over
+    the segmentation for every part, ``VSPCoreLib.arrays.segment_masks``).
+
+    An empty part (no segment, or only empty segments) is an InputDataError naming it.
+    """
+    if not segment_ids:
+        raise InputDataError("has no segments.", subject=subject, fix="choose at least one segment.")
+    if masks is None or any(sid not in masks for sid in segment_ids):
+        masks = arrays.segment_masks(segmentation_node, segment_ids)
+    found = [masks[sid] for sid in segment_ids if masks[sid].array.size and masks[sid].array.any()]
+    if not found:
+        raise _empty_part(subject)
+    grid = _union_on_one_lattice(found, margin)
+    if grid is None:  # segments on different grids: Slicer resamples them onto one
+        grid = _merged_with_slicer(segmentation_node, segment_ids, subject=subject, margin=margin)
+    count = int(np.count_nonzero(grid.array))
+    image = arrays.grid_array_to_oriented_image(grid)
+    return PartLabelmap(image, count, tuple(float(s) for s in grid.spacing_mm), grid)
 
 
 def _thickness_voxels(labelmap: PartLabelmap) -> float:
     """A rough thickness of the part in voxels: twice its mean depth (volume / surface voxels)."""
-    array = vtk_to_numpy(labelmap.image.GetPointData().GetScalars()).astype(bool)
-    dims = labelmap.image.GetDimensions()
-    mask = array.reshape(dims[2], dims[1], dims[0])
     from scipy import ndimage
 
+    mask = labelmap.grid.array.astype(bool)
     boundary = np.count_nonzero(mask & ~ndimage.binary_erosion(mask))
     return 2.0 * labelmap.voxel_count / max(boundary, 1)
 
@@ -164,37 +213,16 @@ def supersampling_factor(labelmap: PartLabelmap, options: SurfaceOptions) -> flo
     return AUTO_FACTOR if _thickness_voxels(labelmap) <= AUTO_THICKNESS_VOXELS else 1.0
 
 
-def _supersampled(image, factor: float):
-    """The binary image resampled ``factor`` (odd) times finer, nearest neighbour."""
-    as_float = vtk.vtkImageCast()
-    as_float.SetInputData(image)
-    as_float.SetOutputScalarTypeToFloat()
-    # Pad by one voxel so the boundary of the extent stays closed after interpolation.
-    pad = vtk.vtkImageConstantPad()
-    pad.SetInputConnection(as_float.GetOutputPort())
-    extent = list(image.GetExtent())
-    pad.SetOutputWholeExtent(
-        extent[0] - 1, extent[1] + 1, extent[2] - 1, extent[3] + 1, extent[4] - 1, extent[5] + 1
-    )
-    pad.SetConstant(0.0)
-    resample = vtk.vtkImageResample()
-    resample.SetInputConnection(pad.GetOutputPort())
-    resample.SetInterpolationModeToNearestNeighbor()
-    for axis in range(3):
-        resample.SetAxisMagnificationFactor(axis, factor)
-    threshold = vtk.vtkImageThreshold()
-    threshold.SetInputConnection(resample.GetOutputPort())
-    threshold.ThresholdByUpper(0.5)
-    threshold.SetInValue(1)
-    threshold.SetOutValue(0)
-    threshold.SetOutputScalarTypeToUnsignedChar()
-    threshold.Update()
-    out = slicer.vtkOrientedImageData()
-    out.ShallowCopy(threshold.GetOutput())
-    # vtkImageResample keeps the origin and scales the spacing in the image's own (IJK-aligned)
-    # frame; the directions are the source's.
-    out.CopyDirections(image)
-    return out
+def _supersampled(grid: arrays.GridArray, factor: int) -> arrays.GridArray:
+    """The mask ``factor`` times finer along each axis: every voxel becomes factor³ voxels of
+    the same value (nearest neighbour), centred on the original voxel (for an odd factor the
+    middle fine voxel's centre is the original centre), so the part stays in its RAS place."""
+    f = int(factor)
+    fine = grid.array.repeat(f, axis=0).repeat(f, axis=1).repeat(f, axis=2)
+    ijk_to_ras = grid.ijk_to_ras.copy()
+    ijk_to_ras[:3, :3] = grid.ijk_to_ras[:3, :3] / f
+    ijk_to_ras[:3, 3] = grid.ras_of(np.full(3, -(f - 1) / (2.0 * f)))
+    return arrays.GridArray(fine, ijk_to_ras)
 
 
 def labelmap_to_surface(
@@ -231,7 +259,11 @@ def part_surface(
 ) -> tuple[trimesh.Trimesh, dict]:
     """The part's closed surface (RAS mm) and the parameters that made it."""
     factor = supersampling_factor(labelmap, options)
-    image = _supersampled(labelmap.image, factor) if factor > 1.0 else labelmap.image
+    image = (
+        arrays.grid_array_to_oriented_image(_supersampled(labelmap.grid, int(factor)))
+        if factor > 1.0
+        else labelmap.image
+    )
     polydata = labelmap_to_surface(
         image, smoothing_factor=options.smoothing_factor, decimation_factor=options.decimation_factor
     )
