@@ -292,3 +292,57 @@ def test_bad_inputs_exit_2_with_clear_messages(tmp_path, capsys):
     _write(array.astype(np.float32) * 0.4, floats)
     assert "non-integer values" in run(floats, "--labels", "totalsegmentator")
     assert not out.exists()
+
+
+def test_import_crops_to_the_labels_box_geometry_exact(tmp_path):
+    """The import passes only the labels' bounding box to Slicer: each segment's voxels, RAS
+    bounds and centroid are those of the full label map (an off-centre, asymmetric L shape on
+    the flipped, anisotropic grid), and the segment's labelmap holds the box, not the grid."""
+    import slicer
+
+    from VSPCoreLib.arrays import segment_mask
+
+    array = np.zeros(SIZE[::-1], np.uint8)  # [k, j, i]
+    array[2:9, 4:7, 25:37] = 1  # an L: a bar along i (the patient's left) ...
+    array[2:4, 7:20, 25:28] = 1  # ... and a leg along j
+    array[10, 21:23, 3:6] = 2  # a small block on the right, one slice
+    path = tmp_path / "asym.nrrd"
+    _write(array, path)
+    ct = tmp_path / "ct.nrrd"
+    _write(np.zeros_like(array, dtype=np.int16), ct)
+    app = VSPApplication.create_headless()
+    reference = storage.load_volume(app, ct)
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"kidney_left": 1, "tumor": 2}))
+    result = import_label_map(app, path, table, reference)
+    assert not result.resampled
+    node = result.segmentation_node
+    # The oracle: Slicer's import of the whole, uncropped label map.
+    full = storage.load_volume(app, path, name="full", labelmap=True)
+    oracle = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "oracle")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(full, oracle)
+    oracle.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    segmentation, expected = node.GetSegmentation(), oracle.GetSegmentation()
+    for item in result.imported:
+        value = item.value
+        mask = segment_mask(node, item.segment_id, reference_volume=reference, crop=False)
+        oracle_id = expected.GetNthSegmentID(0 if value == 1 else 1)
+        oracle_mask = segment_mask(oracle, oracle_id, reference_volume=reference, crop=False)
+        assert int(np.count_nonzero(mask.array)) == int((array == value).sum()), item.segment_name
+        assert np.array_equal(mask.array != 0, oracle_mask.array != 0), item.segment_name
+        k, j, i = np.nonzero(mask.array)
+        ras = mask.ras_of(np.stack([i, j, k], axis=1))
+        np.testing.assert_allclose(ras.mean(axis=0), _expected_centroid_ras(array, value), atol=1e-9)
+        bounds, oracle_bounds = [0.0] * 6, [0.0] * 6
+        segmentation.GetSegment(item.segment_id).GetBounds(bounds)
+        expected.GetSegment(oracle_id).GetBounds(oracle_bounds)
+        np.testing.assert_allclose(bounds, oracle_bounds, atol=1e-9)
+        assert item.voxels == int((array == value).sum())
+    left = result.imported[0]
+    assert left.structure_key == "kidney_left"
+    assert _expected_centroid_ras(array, 1)[0] < 0  # the patient's left
+    # Only the box went through the import: the shared layer holds 9 x 19 x 34 voxels (k, j, i).
+    layer = segmentation.GetSegmentRepresentation(left.segment_id, "Binary labelmap")
+    extent = layer.GetExtent()
+    box_voxels = (extent[1] - extent[0] + 1) * (extent[3] - extent[2] + 1) * (extent[5] - extent[4] + 1)
+    assert box_voxels == 34 * 19 * 9 < array.size

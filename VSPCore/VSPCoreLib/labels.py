@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import slicer
+import vtk
 
 from . import terminology
 from .arrays import volume_ijk_to_ras
@@ -261,12 +262,18 @@ def import_label_map(
     if not isinstance(table, LabelTable):
         table = load_label_table(table)
     labelmap = storage.load_volume(app, path, name="LabelMap", labelmap=True)
+    cropped = None
     result_node = None
     colour_node = None
     try:
         voxels = _integer_labels(labelmap, path)
-        present = np.unique(voxels)
-        present = [int(v) for v in present if v != 0]
+        i_size, j_size, k_size = labelmap.GetImageData().GetDimensions()
+        box = _nonzero_box(voxels.reshape(k_size, j_size, i_size))
+        inside = voxels.reshape(k_size, j_size, i_size)[box] if box is not None else voxels[:0]
+        if inside.size and inside.dtype.kind in "if" and inside.min() < 0:
+            raise InputDataError("holds negative label values.", subject=str(path), fix="check the file.")
+        counts = _label_counts(inside)
+        present = [int(v) for v in np.nonzero(counts)[0] if v != 0]
         unknown = [v for v in present if v not in table.classes]
         if unknown:
             shown = ", ".join(str(v) for v in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
@@ -275,11 +282,14 @@ def import_label_map(
                 subject=str(path),
                 fix="give the label table of the model or tool that made this label map.",
             )
-        if min(present, default=0) < 0:
-            raise InputDataError("holds negative label values.", subject=str(path), fix="check the file.")
         result = LabelImport(segmentation_node=None, table=table)
         result.absent = [c for v, c in sorted(table.classes.items()) if v not in present]
 
+        # Only the labels' bounding box goes through Slicer's import (on the same lattice: the
+        # cropped node's origin is the box's first voxel), so the compiled import does not scan
+        # the background of the whole grid.
+        if present:
+            cropped = _cropped_labelmap(app, labelmap, inside, box)
         # The class names go in through a colour table: Slicer names the segments from it.
         colour_node = slicer.vtkMRMLColorTableNode()
         colour_node.SetTypeToUser()
@@ -287,14 +297,15 @@ def import_label_map(
         for value in present:
             colour_node.SetColor(value, table.classes[value].name, 0.5, 0.5, 0.5, 1.0)
         app.scene.AddNode(colour_node)
-        if labelmap.GetDisplayNode() is None:
-            labelmap.CreateDefaultDisplayNodes()
-        labelmap.GetDisplayNode().SetAndObserveColorNodeID(colour_node.GetID())
+        importing = cropped if cropped is not None else labelmap
+        if importing.GetDisplayNode() is None:
+            importing.CreateDefaultDisplayNodes()
+        importing.GetDisplayNode().SetAndObserveColorNodeID(colour_node.GetID())
 
         result_node = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or _stem(path))
         result_node.CreateDefaultDisplayNodes()
         if present and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-            labelmap, result_node
+            importing, result_node
         ):
             raise InputDataError(
                 "could not be imported as a segmentation.", subject=str(path), fix="check the file."
@@ -311,7 +322,6 @@ def import_label_map(
         else:
             result_node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
 
-        counts = np.bincount(voxels.astype(np.int64, copy=False).ravel()) if present else np.zeros(1)
         segmentation = result_node.GetSegmentation()
         for n in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(n)
@@ -364,8 +374,65 @@ def import_label_map(
         raise
     finally:
         app.scene.RemoveNode(labelmap)
+        if cropped is not None:
+            app.scene.RemoveNode(cropped)
         if colour_node is not None:
             app.scene.RemoveNode(colour_node)
+
+
+def _nonzero_box(voxels: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The [k, j, i] slices of the smallest box holding every non-zero voxel (None: none).
+
+    One pass over the whole grid (the slabs along k), then passes over ever smaller boxes."""
+    along_k = np.flatnonzero(voxels.any(axis=(1, 2)))
+    if along_k.size == 0:
+        return None
+    slab = voxels[along_k[0] : along_k[-1] + 1]
+    along_j = np.flatnonzero(slab.any(axis=(0, 2)))
+    slab = slab[:, along_j[0] : along_j[-1] + 1]
+    along_i = np.flatnonzero(slab.any(axis=(0, 1)))
+    return (
+        slice(int(along_k[0]), int(along_k[-1]) + 1),
+        slice(int(along_j[0]), int(along_j[-1]) + 1),
+        slice(int(along_i[0]), int(along_i[-1]) + 1),
+    )
+
+
+def _label_counts(voxels: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """Voxels per label value (index = value), in chunks: no int64 copy of the whole box."""
+    counts = np.zeros(1, np.int64)
+    flat = voxels.reshape(-1)  # the box is a strided view: reshape copies it once, compactly
+    for start in range(0, flat.size, chunk):
+        part = np.bincount(flat[start : start + chunk].astype(np.intp, copy=False))
+        if part.size > counts.size:
+            part[: counts.size] += counts
+            counts = part
+        else:
+            counts[: part.size] += part
+    return counts
+
+
+def _cropped_labelmap(app, labelmap, inside: np.ndarray, box: tuple[slice, slice, slice]):
+    """A label map node holding ``inside`` (the [k, j, i] box of ``labelmap``) on the same lattice:
+    same spacing and directions, the origin moved to the box's first voxel."""
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    k0, j0, i0 = (s.start for s in box)
+    ijk_to_ras = volume_ijk_to_ras(labelmap)
+    data = np.ascontiguousarray(inside)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.int32)
+    image = vtk.vtkImageData()
+    image.SetDimensions(data.shape[2], data.shape[1], data.shape[0])
+    image.GetPointData().SetScalars(numpy_to_vtk(data.reshape(-1), deep=True))
+    node = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "LabelMapBox")
+    node.SetSpacing(labelmap.GetSpacing())
+    directions = vtk.vtkMatrix4x4()
+    labelmap.GetIJKToRASDirectionMatrix(directions)
+    node.SetIJKToRASDirectionMatrix(directions)
+    node.SetOrigin(*(ijk_to_ras @ np.array([i0, j0, k0, 1.0]))[:3])
+    node.SetAndObserveImageData(image)
+    return node
 
 
 def _stem(path: Path) -> str:
