@@ -257,3 +257,31 @@ def test_local_info_says_when_totalsegmentator_is_missing(monkeypatch, tmp_path)
         and "TotalSegmentator is not installed" in run.stdout
         and "classical" in run.stdout
     )
+
+
+_WRITER = """
+import sys, time
+from CasePortalConnectorLib.service.base import InferRequest, Job, JobStore
+store, name, count, start = JobStore(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+while time.time() < start:
+    time.sleep(0.001)
+for n in range(count):
+    job = Job.new("local", "local", InferRequest("classical", volume=f"/{name}/{n}.nrrd"))
+    job.job_id = f"{name}-{n:03d}"
+    store.save(job)
+"""
+
+
+def test_two_processes_writing_one_job_store_lose_no_job(tmp_path):
+    """Two clients save 60 jobs each into one store at the same moment: all 120 are there (a
+    file lock around each read-modify-write; without it, the later write drops the other's)."""
+    start = time.time() + 3.0
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), name, "60", str(start)])
+        for name in ("a", "b")
+    ]
+    for writer in writers:
+        assert writer.wait(120) == 0
+    jobs = {job.job_id for job in JobStore(tmp_path).jobs()}
+    assert jobs == {f"{name}-{n:03d}" for name in ("a", "b") for n in range(60)}
+    assert JobStore(tmp_path).lock_file.is_file()

@@ -23,6 +23,7 @@ store or service that cannot be reached at all (a connect timeout: 4).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -390,6 +391,7 @@ class JobStore:
     written atomically after every change, and a folder beside it for the results."""
 
     FILE_NAME = "service-jobs.json"
+    LOCK_TIMEOUT_S = 30.0
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
@@ -434,12 +436,49 @@ class JobStore:
             )
         return Job.from_dict(data)
 
-    def save(self, job: Job) -> None:
+    @property
+    def lock_file(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """This process's threads (a threading lock) and other processes (an exclusive lock on
+        ``<store>.lock``: POSIX flock, Windows msvcrt) around a read-modify-write."""
         with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                deadline = time.monotonic() + self.LOCK_TIMEOUT_S
+                while True:
+                    try:
+                        if os.name == "posix":
+                            import fcntl
+
+                            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        else:  # pragma: no cover (Windows)
+                            import msvcrt
+
+                            msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise VSPError(
+                                f"is locked by another process for more than {self.LOCK_TIMEOUT_S:g} s.",
+                                subject=str(self.lock_file),
+                                fix="wait for the other `vsp service` or Slicer to finish, then try again.",
+                            ) from None
+                        time.sleep(0.01)
+                yield
+            finally:
+                os.close(descriptor)  # closing releases the lock
+
+    def save(self, job: Job) -> None:
+        """Record ``job``: read, change and write the store under the lock, so that two clients
+        writing one store at once lose no job."""
+        with self._locked():
             job.updated = now_iso()
             jobs = self._read()
             jobs[job.job_id] = dataclasses.asdict(job)
-            self.folder.mkdir(parents=True, exist_ok=True)
             text = json.dumps({"written_by": "SlicerVSP", "jobs": jobs}, indent=1, sort_keys=True)
             with files.atomic_path(self.path) as temporary:
                 temporary.write_text(text, encoding="utf-8")
