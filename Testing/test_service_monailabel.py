@@ -337,3 +337,65 @@ def test_cli_info_and_infer(server, volume, tmp_path):
         timeout=120,
     )
     assert down.returncode == 4 and "cannot be reached" in down.stderr
+
+
+def test_infer_through_a_session(server, volume, app, tmp_path):
+    """--session: the clean volume goes once to PUT /session/, the infer names the session and
+    sends no file; the result lands where the server put it."""
+    from VSPCoreLib import storage
+
+    backend = make_backend(settings_for(server.url))
+    calls = []
+    infer, create = backend.client.infer, backend.client.create_session
+    backend.client.infer = lambda *a, **k: calls.append(("infer", k)) or infer(*a, **k)
+    backend.client.create_session = lambda f: calls.append(("session", f)) or create(f)
+    store = JobStore(tmp_path)
+    before = server.infer_count()
+    request = InferRequest("threshold_organs", volume=str(volume))
+    outcome = run_infer(app, backend, store, request, session=True)
+    assert [c[0] for c in calls] == ["session", "infer"] and server.infer_count() == before + 1
+    job = outcome.job
+    assert job.state == "done" and job.session_id
+    assert calls[1][1]["session_id"] == job.session_id and calls[1][1]["volume_file"] is None
+    sent = server.folder / "sessions" / job.session_id / "volume.nrrd"
+    assert sent.is_file() and b"DOE^JANE" not in sent.read_bytes()  # the clean NRRD
+    reference = storage.load_volume(app, volume, name="source")
+    by_class = {s["class_name"]: s for s in job.segments}
+    np.testing.assert_allclose(
+        centroid_ras(outcome.imported.segmentation_node, by_class["kidney_left"]["segment"], reference),
+        box_centre_ras(LEFT_BOX),
+        atol=1e-6,
+    )
+    assert by_class["kidney_left"]["voxels"] == 7 * 8 * 8
+    # The same request again through a session is the finished job's twin, not a pending one.
+    assert store.find_pending(backend.name, backend.service_url, request) is None
+
+
+def test_cli_infer_save_label_lands_in_the_datastore(server, volume, tmp_path):
+    """`vsp service infer --image ID --save-label`: the imported result goes back to the
+    server's datastore as the image's final label, with the model's values at the right voxels."""
+    server.add_image(volume, "case_cli")
+    out = tmp_path / "ai.seg.nrrd"
+    command = [sys.executable, "-m", "SurgicalPlanningLib.cli", "service", "infer", "--url", server.url,
+               "--model", "threshold_organs", "--image", "case_cli", "--reference", str(volume),
+               "--out", str(out), "--save-label"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    saved = list((server.studies / "labels" / "final").glob("case_cli*"))
+    assert len(saved) == 1, run.stdout
+    assert "label saved back to the server's datastore: image case_cli" in run.stdout
+    label = sitk.ReadImage(str(saved[0]))
+    np.testing.assert_allclose(label.GetOrigin(), ORIGIN_LPS, atol=1e-6)
+    np.testing.assert_allclose(label.GetSpacing(), SPACING, atol=1e-6)
+    voxels = sitk.GetArrayFromImage(label)
+    assert (voxels == 1).sum() == 7 * 8 * 8 and voxels[LEFT_BOX].min() == 1
+    assert (voxels == 3).sum() == 5 * 6 * 6 and (voxels == 4).sum() == 20 * 4 * 4
+    assert b"DOE^JANE" not in saved[0].read_bytes()
+    # --save-label needs a datastore image: with --volume it is refused before anything is sent.
+    before = server.infer_count()
+    refused = subprocess.run(
+        [*command[:9], "--volume", str(volume), "--out", str(tmp_path / "b.seg.nrrd"), "--save-label"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--save-label" in refused.stderr
+    assert server.infer_count() == before

@@ -180,6 +180,12 @@ def _infer(args, progress) -> int:
         ) from None
     if not isinstance(params, dict):
         raise ServiceRequestError("--params must be a JSON object.", subject="vsp service infer")
+    if args.save_label and not args.image:
+        raise ServiceRequestError(
+            "--save-label sends the result back as the label of a datastore image, and no --image is given.",
+            subject="vsp service infer",
+            fix="infer a server image with --image ID --save-label, or leave --save-label out.",
+        )
     inputs = [*scene_inputs("--volume", args.volume), *scene_inputs("--reference", args.reference)]
     _outputs(args, inputs, [Output(args.out, suffixes=(".seg.nrrd",), what="a segmentation")])
     store = JobStore(args.jobs if args.jobs is not None else args.out.resolve().parent)
@@ -213,10 +219,13 @@ def _infer(args, progress) -> int:
         progress=progress,
         session=args.session,
     )
-    if args.save_label or settings.save_label:
+    saved_label = args.save_label or (settings.save_label and args.image)
+    if saved_label:
         save_label_to_server(backend, outcome.job, outcome.imported.segmentation_node, reference, store)
     progress.done()
     _print_outcome(args, outcome)
+    if saved_label and not args.json:
+        print(f"label saved back to the server's datastore: image {args.image}, tag final")
     return 0
 
 

@@ -348,6 +348,7 @@ class Job:
     server_latency_s: float | None = None
     client_latency_s: float | None = None
     output: str = ""  # the imported segmentation
+    session_id: str = ""  # MONAI Label: the session the volume was sent in (--session)
     segments: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str = ""
@@ -493,7 +494,7 @@ class JobStore:
                 and job.model == probe.model
                 and job.image_id == probe.image_id
                 and job.volume == probe.volume
-                and job.params == probe.params
+                and _without_session(job.params) == _without_session(probe.params)
                 and job.study_uid == probe.study_uid
                 and job.series_uid == probe.series_uid
             )
@@ -503,6 +504,11 @@ class JobStore:
 
     def result_path(self, job: Job, suffix: str) -> Path:
         return self.results_folder / f"{job.job_id}{suffix}"
+
+
+def _without_session(params: dict[str, Any]) -> dict[str, Any]:
+    """A request's parameters without the client's own ``_session`` switch."""
+    return {k: v for k, v in params.items() if k != "_session"}
 
 
 class CancelToken:

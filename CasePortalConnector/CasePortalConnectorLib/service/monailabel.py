@@ -482,7 +482,9 @@ class MonaiLabelBackend(Backend):
         params = {"result_extension": ".nrrd", "result_dtype": "uint8", **job.params}
         session_id = ""
         if volume_file is not None and job.params.get("_session"):
+            # The volume goes once to the server's session store; the infer names the session.
             session_id = self.client.create_session(volume_file)
+            job.session_id = session_id
             volume_file = None
         params.pop("_session", None)
 
