@@ -285,3 +285,65 @@ def test_two_processes_writing_one_job_store_lose_no_job(tmp_path):
     jobs = {job.job_id for job in JobStore(tmp_path).jobs()}
     assert jobs == {f"{name}-{n:03d}" for name in ("a", "b") for n in range(60)}
     assert JobStore(tmp_path).lock_file.is_file()
+
+
+def test_local_infer_to_a_case_scene_then_plan_with_a_plane(tmp_path):
+    """End to end on the small phantom: `vsp service infer --backend local --out case.mrb` (the
+    CT and the coded segmentation), then `vsp plan` finds the organ and the tumour by code
+    ("Kidney, left", "Tumour") and reports the volumes of a plane cut."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from VSPCoreLib.sampledata.phantom import generate_phantom
+
+    phantom = generate_phantom((128, 128, 75))
+    image = sitk.GetImageFromArray(phantom.ct_hu)
+    image.SetSpacing(tuple(float(s) for s in phantom.spacing_mm))
+    image.SetOrigin(tuple(float(o) for o in phantom.origin_lps))
+    volume = tmp_path / "ct.nrrd"
+    sitk.WriteImage(image, str(volume))
+    case = tmp_path / "case.mrb"
+    infer = subprocess.run(
+        [*VSP, "service", "infer", "--backend", "local", "--model", "classical", "--volume", str(volume),
+         "--out", str(case), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr
+    segments = {s["class_name"]: s for s in json.loads(infer.stdout)["job"]["segments"]}
+    assert segments["kidney_left"]["code"].startswith("SCT 64033007")  # Kidney, left
+    assert segments["tumour"]["structure"] == "tumour" and "generic" not in segments["tumour"]["code"]
+    assert segments["aorta"]["code"].startswith("SCT 15825003")
+    # The classical tumour: centre within 5 mm of the phantom's, 40-110 % of its volume.
+    voxel_ml = float(np.prod(phantom.spacing_mm)) / 1000.0
+    truth_ml = np.pi / 6 * phantom.truth.tumour_diameter_mm**3 / 1000.0
+    assert 0.4 * truth_ml < segments["tumour"]["voxels"] * voxel_ml < 1.1 * truth_ml
+    kidney_ras = np.array(phantom.truth.kidney_centres_lps["kidney_left"]) * [-1, -1, 1]
+    plan = {
+        "schema_version": 1, "software": "SlicerVSP", "active_variant": "lower half",
+        "case": {"case_id": "VSP-SERVICE-E2E", "organ_key": "kidney_left", "tumour_key": "tumour"},
+        "variants": [{"name": "lower half", "resections": [
+            {"kind": "plane", "name": "cut", "origin_ras_mm": [float(v) for v in kidney_ras],
+             "normal_ras": [0, 0, 1], "remove": "negative"}]}],
+    }  # fmt: skip
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    run = subprocess.run(
+        [*VSP, "plan", str(case), "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "planned"),
+         "--spacing-mm", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "planned" / "plan.json").read_text())["variants"][0]["results"]
+    structures = results["structures"]
+    assert structures["organ"]["segments"] == ["Kidney, left"]
+    assert structures["organ"]["found_by"] == "code (whole structure)"
+    assert structures["tumour"]["found_by"] == "code" and structures["tumour"]["structure_key"] == "tumour"
+    resection = results["resection"]
+    kidney_ml = segments["kidney_left"]["voxels"] * voxel_ml
+    tumour_ml = segments["tumour"]["voxels"] * voxel_ml
+    (kidney,) = [s for s in resection["segments"] if s["name"] == "Kidney, left"]
+    assert kidney["volume_mL"] == pytest.approx(kidney_ml, abs=1e-3)  # voxel counts, exactly
+    assert resection["organ_volume_mL"] == pytest.approx(kidney_ml + tumour_ml, abs=2e-3)
+    total = resection["resected_volume_mL"] + resection["remnant_volume_mL"]
+    assert total == pytest.approx(resection["organ_volume_mL"], abs=2e-3)
+    assert 25 < resection["resected_fraction_percent"] < 75  # a cut through the kidney's centre
+    assert "resected" in run.stdout.lower()

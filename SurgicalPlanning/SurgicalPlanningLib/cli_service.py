@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+OUT_SUFFIXES = (".seg.nrrd", ".mrb", ".mrml")
+
 
 def register(commands, common) -> None:
     service = commands.add_parser(
@@ -63,7 +65,13 @@ def register(commands, common) -> None:
     source.add_argument("--series", help="backend dicom: the source series UID in the store (with --study)")
     infer.add_argument("--study", help="backend dicom: the study UID of --series")
     infer.add_argument("--reference", type=Path, help="with --image: the CT the result must lie on")
-    infer.add_argument("--out", required=True, type=Path, help="output segmentation (.seg.nrrd)")
+    infer.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output segmentation (.seg.nrrd), or a case scene with the CT and the segmentation "
+        "(.mrb/.mrml, ready for `vsp plan`)",
+    )
     infer.add_argument("--jobs", type=Path, help="job store (default: service-jobs.json beside --out)")
     infer.add_argument("--params", default="{}", help="model parameters as a JSON object")
     infer.add_argument(
@@ -187,7 +195,7 @@ def _infer(args, progress) -> int:
             fix="infer a server image with --image ID --save-label, or leave --save-label out.",
         )
     inputs = [*scene_inputs("--volume", args.volume), *scene_inputs("--reference", args.reference)]
-    _outputs(args, inputs, [Output(args.out, suffixes=(".seg.nrrd",), what="a segmentation")])
+    _outputs(args, inputs, [Output(args.out, suffixes=OUT_SUFFIXES, what="a segmentation or a case scene")])
     store = JobStore(args.jobs if args.jobs is not None else args.out.resolve().parent)
     backend = make_backend(settings)
     app = VSPApplication.create_headless()
@@ -271,7 +279,7 @@ def _resume(args, progress) -> int:
             f"job {job.job_id} has no output file.", subject="vsp service resume", fix="give --out."
         )
     inputs = [("--volume", Path(job.volume))] if job.volume else []
-    _outputs(args, inputs, [Output(out, suffixes=(".seg.nrrd",), what="a segmentation")])
+    _outputs(args, inputs, [Output(out, suffixes=OUT_SUFFIXES, what="a segmentation or a case scene")])
     settings = _settings(args)
     if job.backend != settings.backend:
         settings.backend = job.backend

@@ -36,8 +36,11 @@ from .base import (
     ServiceTimeout,
 )
 
-CLASSICAL_LABELS = {"aorta": 1, "kidney_left": 2, "kidney_right": 3}
-VERSION = "classical-1"
+CLASSICAL_LABELS = {"aorta": 1, "kidney_left": 2, "kidney_right": 3, "tumour": 4}
+VERSION = "classical-2"
+#: The tumour: a hypo-enhancing (20-70 HU after a 3-voxel mean) blob within this distance of a kidney.
+TUMOUR_HU = (20.0, 70.0)
+TUMOUR_REACH_MM = 15.0
 
 
 def totalsegmentator_status() -> dict[str, Any]:
@@ -198,7 +201,55 @@ def classical_labels(hu, spacing_lps, direction_lps, origin_lps):
         left, right = (kidneys[0], kidneys[1]) if left_first else (kidneys[1], kidneys[0])
         labels[ndimage.binary_fill_holes(left) & (labels == 0)] = CLASSICAL_LABELS["kidney_left"]
         labels[ndimage.binary_fill_holes(right) & (labels == 0)] = CLASSICAL_LABELS["kidney_right"]
+        tumours = [
+            _tumour_near(hu, labels, CLASSICAL_LABELS[side], spacing_lps)
+            for side in ("kidney_left", "kidney_right")
+        ]
+        found = [(int(t[1].sum()), t) for t in tumours if t is not None]
+        if found:
+            box, mask = max(found, key=lambda item: item[0])[1]
+            labels[box][mask] = CLASSICAL_LABELS["tumour"]
     return labels
+
+
+def _tumour_near(hu, labels, kidney_value: int, spacing_lps):
+    """A hypo-enhancing mass touching the kidney (the largest blob of TUMOUR_HU after a 3-voxel
+    mean, opened once to cut the partial-volume shell off the organ's edge, within
+    TUMOUR_REACH_MM of the kidney), as (box, mask in the box); None when there is none. Worked
+    in the kidney's box grown by the reach, not on the whole CT."""
+    import numpy as np
+    from scipy import ndimage
+
+    kidney = labels == kidney_value
+    found = ndimage.find_objects(kidney.astype(np.uint8))
+    if not found or found[0] is None:
+        return None
+    spacing_kji = np.asarray(spacing_lps, float)[::-1]
+    pad = np.ceil(TUMOUR_REACH_MM / spacing_kji).astype(int) + 2
+    box = tuple(
+        slice(max(0, s.start - p), min(n, s.stop + p))
+        for s, p, n in zip(found[0], pad, hu.shape, strict=True)
+    )
+    kidney = kidney[box]
+    free = (labels[box] == 0) | kidney
+    smooth = ndimage.uniform_filter(hu[box].astype(np.float32), 3)
+    near = ndimage.distance_transform_edt(~kidney, sampling=spacing_kji) <= TUMOUR_REACH_MM
+    structure = ndimage.generate_binary_structure(3, 1)
+    low, high = TUMOUR_HU
+    band = (smooth >= low) & (smooth < high) & free & near
+    band = ndimage.binary_opening(band, structure, iterations=1)
+    components, count = ndimage.label(band, structure)
+    if count == 0:
+        return None
+    touching = np.unique(components[ndimage.binary_dilation(kidney, structure, iterations=2) & band])
+    touching = touching[touching != 0]
+    if touching.size == 0:
+        return None
+    sizes = np.bincount(components.ravel())
+    best = components == touching[np.argmax(sizes[touching])]
+    # Grow back the voxel the opening took, within a slightly wider band.
+    best = ndimage.binary_dilation(best, structure) & (smooth >= low - 5) & (smooth < high + 5) & free
+    return box, best
 
 
 def main(argv: list[str] | None = None) -> int:

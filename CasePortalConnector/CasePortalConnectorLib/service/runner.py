@@ -166,7 +166,8 @@ def run_infer(
     session: bool = False,
 ) -> InferOutcome:
     """Submit ``request`` (or pick up the same unfinished request from the store) and import the
-    result; ``out`` saves the segmentation (.seg.nrrd)."""
+    result; ``out`` saves the segmentation (.seg.nrrd), or the case scene with the source CT and
+    the segmentation (.mrb/.mrml)."""
     if backend.name == "dicom":
         if not (request.study_uid and request.series_uid) or request.image_id or request.volume:
             raise ServiceRequestError(
@@ -323,7 +324,11 @@ def _execute(app, backend, store, job, *, reference_volume, progress, cancel) ->
             from VSPCoreLib import storage
 
             began = time.monotonic()
-            storage.save_node(imported.segmentation_node, job.output)
+            if job.output.lower().endswith((".mrml", ".mrb")):
+                # A case scene: the source CT and the segmentation, ready for `vsp plan`.
+                storage.save_scene(app, job.output)
+            else:
+                storage.save_node(imported.segmentation_node, job.output)
             timings["save_s"] = time.monotonic() - began
         job.segments = imported.segments
         job.warnings = imported.warnings
