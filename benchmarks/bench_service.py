@@ -86,7 +86,7 @@ def main() -> int:
             )
             parts = split_multipart(answer.read_bytes(), content_type)
             latency = next(
-                json.loads(body)["latencies"]["total"] for h, body in parts if h.get_filename() is None
+                json.loads(bytes(body))["latencies"]["total"] for h, body in parts if h.get_filename() is None
             )
             return {
                 "wall_s": wall,

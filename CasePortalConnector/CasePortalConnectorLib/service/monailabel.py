@@ -21,6 +21,7 @@ from __future__ import annotations
 import email.message
 import email.parser
 import email.policy
+import io
 import json
 import logging
 import time
@@ -256,12 +257,9 @@ class MonaiLabelClient:
 
     def create_session(self, volume_file: Path) -> str:
         """Send a volume once (``PUT /session/``); infer it later by its session id."""
-        with open(volume_file, "rb") as stream:
+        with _MultipartUpload({}, "files", volume_file) as body:
             response = self.request(
-                "PUT",
-                "/session/",
-                retry=False,
-                files={"files": (_upload_name(volume_file), stream, "application/octet-stream")},
+                "PUT", "/session/", retry=False, data=body, headers={"Content-Type": body.content_type}
             )
         data = _json(response, self.subject, "PUT /session/")
         if not isinstance(data, dict) or not isinstance(data.get("session_id"), str):
@@ -286,14 +284,14 @@ class MonaiLabelClient:
         form = {"params": json.dumps(params)}
         route = f"/infer/{requests.utils.quote(model, safe='')}"
         if volume_file is not None:
-            with open(volume_file, "rb") as stream:
+            with _MultipartUpload(form, "file", volume_file) as body:
                 response = self.request(
                     "POST",
                     route,
                     retry=False,
                     params=query,
-                    data=form,
-                    files={"file": (_upload_name(volume_file), stream, "application/octet-stream")},
+                    data=body,
+                    headers={"Content-Type": body.content_type},
                 )
         else:
             # A multipart body even without a file, as the server's form parser expects.
@@ -316,6 +314,52 @@ class MonaiLabelClient:
             )
         answer = _json(response, self.subject, "PUT /datastore/label")
         return answer if isinstance(answer, dict) else {"answer": answer}
+
+
+class _MultipartUpload:
+    """A multipart/form-data body streamed from the file (read in blocks of at least 1 MiB as it
+    is sent, whatever smaller size the HTTP layer asks for): no
+    copy of a large volume in memory. Its length is known, so the request has a
+    Content-Length (no chunked encoding)."""
+
+    def __init__(self, fields: dict[str, str], file_field: str, path: Path):
+        import uuid
+
+        boundary = uuid.uuid4().hex
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        head = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + value.encode("utf-8")
+            + b"\r\n"
+            for name, value in fields.items()
+        )
+        head += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
+            f'filename="{_upload_name(path)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        self._stream = open(path, "rb")  # noqa: SIM115 (closed by __exit__)
+        self._parts = [io.BytesIO(head), self._stream, io.BytesIO(tail)]
+        self._length = len(head) + Path(path).stat().st_size + len(tail)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        out = b""
+        while self._parts and (size < 0 or len(out) < size):
+            chunk = self._parts[0].read(-1 if size < 0 else max(size - len(out), 1 << 20))
+            if not chunk:
+                self._parts.pop(0)
+                continue
+            out += chunk
+        return out
+
+    def __enter__(self) -> _MultipartUpload:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stream.close()
 
 
 def _upload_name(path: Path) -> str:
@@ -383,7 +427,7 @@ def parse_infer_answer(response: requests.Response, subject: str) -> tuple[dict[
             name = headers.get_param("name", header="content-disposition") if disposition else None
             if filename is None and (name == "params" or part_type.startswith("application/json")):
                 try:
-                    params = json.loads(body.decode("utf-8"))
+                    params = json.loads(bytes(body).decode("utf-8"))
                 except (UnicodeDecodeError, ValueError):
                     raise malformed from None
             elif filename is not None or body:
@@ -418,18 +462,27 @@ def split_multipart(body: bytes, content_type: str):
     if not boundary:
         return []
     delimiter = b"--" + boundary.encode("latin-1")
+    view = memoryview(body)
     parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
+    start = body.find(delimiter)
+    while start >= 0:
+        begin = start + len(delimiter)
+        if body.startswith(b"--", begin):
             break  # the closing delimiter
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk.lstrip(b"\n")
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        if payload.endswith(b"\r\n"):
-            payload = payload[:-2]
-        headers = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(head + b"\r\n\r\n")
-        parts.append((headers, payload))
+        if body.startswith(b"\r\n", begin):
+            begin += 2
+        elif body.startswith(b"\n", begin):
+            begin += 1
+        end = body.find(b"\r\n" + delimiter, begin)
+        following = end + 2 if end >= 0 else body.find(delimiter, begin)
+        if end < 0:
+            end = following if following >= 0 else len(body)
+        separator = body.find(b"\r\n\r\n", begin, end)
+        if separator >= 0:
+            head = body[begin:separator]
+            headers = email.parser.BytesHeaderParser(policy=email.policy.HTTP).parsebytes(head + b"\r\n\r\n")
+            parts.append((headers, view[separator + 4 : end]))  # no copy of a large label file
+        start = following
     return parts
 
 
