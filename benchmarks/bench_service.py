@@ -142,7 +142,9 @@ def main() -> int:
             "generate_phantom_s": round(generate_s, 1),
             "runs": runs,
             "best": best,
-            "target_met": best["ratio_overhead_to_curl_transfer"] <= 2.0,
+            # The target counts what the user waits for beyond the transfer: the HTTP overhead,
+            # writing the upload and importing the coded segmentation.
+            "target_met": best["ratio_overhead_with_import_to_curl_transfer"] <= 2.0,
         }
         emit(report, args.out)
         return 0 if np.isfinite(best["client"]["round_trip_s"]) else 1
