@@ -620,7 +620,9 @@ class Outbox:
                 results[item.id] = "already in the store"
         many = getattr(target, "store_instances", None)
         if len(missing) > 1 and many is not None:
-            refused = many([self.file_of(item) for item in missing])
+            refused = many(
+                [self.file_of(item) for item in missing], sop_uids=[item.sop_uid for item in missing]
+            )
             for item in missing:
                 if item.sop_uid in refused:
                     results[item.id] = _Failure("the store refused the instance (FailedSOPSequence)")
