@@ -545,3 +545,73 @@ def test_multipart_splitter_any_chunking():
     cut = MultipartSplitter(b"b0undary")
     list(cut.feed(body[: len(body) // 2]))
     assert not cut.finished  # an answer cut off is told apart from a whole one
+
+
+class _FakeKeyring:
+    """Stands in for an OS keyring backend (the tests must not write the user's real one)."""
+
+    def __init__(self):
+        self.secrets = {}
+
+    def set_password(self, service, key, secret):
+        self.secrets[(service, key)] = secret
+
+    def get_password(self, service, key):
+        return self.secrets.get((service, key))
+
+
+def test_cli_login_checks_keeps_0600_or_keyring_never_echoes(orthanc, tmp_path, monkeypatch, capsys):
+    import io as _io
+
+    import CasePortalConnectorLib.store.settings as store_settings
+    from SurgicalPlanningLib import cli_store
+    from SurgicalPlanningLib.cli import main
+
+    monkeypatch.setenv("VSP_STORE_URL", orthanc.url)
+    monkeypatch.setenv("VSP_STORE_USER", orthanc.user)
+    monkeypatch.setenv("VSP_STORE_CONFIG", str(tmp_path / "none.json"))
+    monkeypatch.delenv("VSP_STORE_PASSWORD_FILE", raising=False)
+    (tmp_path / "none.json").write_text("{}")
+    monkeypatch.setattr(store_settings, "_keyring", lambda: None)
+    secret_file = tmp_path / "private" / "store.secret"
+
+    def login(secret, *arguments):
+        monkeypatch.setattr("sys.stdin", _io.StringIO(secret + "\n"))
+        code = main(["store", "login", "--stdin", *arguments])
+        captured = capsys.readouterr()
+        assert secret not in captured.out + captured.err  # never echoed, never in a message
+        return code, captured
+
+    # a wrong password is refused by the store: exit 5, nothing kept
+    code, captured = login("not-the-password", "--to-file", str(secret_file))
+    assert code == EXIT_CREDENTIALS and "HTTP 401" in captured.err and not secret_file.exists()
+    # the right one: checked, then written to a file only the user can read
+    code, captured = login(orthanc.password, "--to-file", str(secret_file))
+    assert code == 0 and "mode 0600" in captured.out
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(secret_file.parent.stat().st_mode & 0o777) == "0o700"
+    assert secret_file.read_text() == orthanc.password + "\n"
+    monkeypatch.setenv("VSP_STORE_PASSWORD_FILE", str(secret_file))
+    assert main(["store", "worklist", "--limit", "1", "-q", "--no-state"]) == 0  # the file is used
+    capsys.readouterr()
+    monkeypatch.delenv("VSP_STORE_PASSWORD_FILE")
+    # no keyring and no --to-file: a clear bad-input error
+    code, captured = login(orthanc.password)
+    assert code == 2 and "--to-file" in captured.err
+    # with a keyring: kept there, and found there by the next command (no prompt, no file)
+    fake = _FakeKeyring()
+    monkeypatch.setattr(store_settings, "_keyring", lambda: fake)
+    code, captured = login(orthanc.password)
+    assert code == 0 and "keyring" in captured.out
+    assert list(fake.secrets.values()) == [orthanc.password]
+    assert main(["store", "worklist", "--limit", "1", "-q", "--no-state"]) == 0
+    capsys.readouterr()
+    # the prompt reads without echo (getpass), on stderr, only from a terminal
+    asked = []
+    monkeypatch.setattr(cli_store.getpass, "getpass", lambda text, stream=None: asked.append(text) or "x")
+    monkeypatch.setattr("sys.stdin", _io.StringIO(""))
+    with pytest.raises(Exception, match="no terminal"):
+        cli_store._prompt("Secret: ")
+    assert asked == []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    assert cli_store._prompt("Secret: ") == "x" and asked == ["Secret: "]

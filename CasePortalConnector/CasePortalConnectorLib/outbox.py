@@ -34,6 +34,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -291,6 +292,7 @@ class Outbox:
         self.backoff_max_s = backoff_max_s
         self.batch_count = batch_count
         self.batch_bytes = batch_bytes
+        self._deleter: ThreadPoolExecutor | None = None
         try:
             _private_folder(self.folder)
             _private_folder(self.files)
@@ -477,9 +479,21 @@ class Outbox:
         with self._transaction() as db:
             db.execute(f"UPDATE items SET {names} WHERE id=?", (*values.values(), item_id))
 
-    def _finish(self, item: OutboxItem, result: str) -> None:
-        self._set(item.id, state=SENT, done=time.time(), result=result, last_error="")
-        self.file_of(item).unlink(missing_ok=True)
+    def _finish_all(self, finished: Sequence[tuple[OutboxItem, str]]) -> None:
+        """Mark items sent in one transaction, then delete their queued copies."""
+        if not finished:
+            return
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE items SET state=?, done=?, result=?, last_error='' WHERE id=?",
+                [(SENT, now, result, item.id) for item, result in finished],
+            )
+        copies = [self.file_of(item) for item, _ in finished]
+        if self._deleter is not None:
+            self._deleter.submit(_delete, copies)
+        else:
+            _delete(copies)
 
     def send(
         self,
@@ -503,9 +517,14 @@ class Outbox:
                 subject=str(self.path),
                 fix="wait for it to finish, then run `vsp store outbox retry`.",
             )
+        # the copies of sent items are deleted by a second thread while the next request is
+        # on the wire (a crash before leaves orphans, removed when the outbox is next opened)
+        self._deleter = ThreadPoolExecutor(max_workers=1)
         try:
             self._send(target, ids, time.time() if now is None else now, progress, before_commit, report)
         finally:
+            self._deleter.shutdown(wait=True)
+            self._deleter = None
             lock.release()
         report.pending = len(self.items(states=[PENDING], store_key=target.key))
         return report
@@ -550,6 +569,7 @@ class Outbox:
                 else:
                     self._unreachable(target, first, now, reason, report)
                     return  # the store is down (or refuses us): stop the pass, keep everything queued
+            finished = []
             for item in group:
                 result = results.get(item.id)
                 if result is None:
@@ -561,7 +581,9 @@ class Outbox:
                     continue
                 if before_commit:
                     before_commit(item)
-                self._finish(item, result)
+                finished.append((item, result))
+            self._finish_all(finished)  # one commit (one fsync) for the whole request
+            for item, result in finished:
                 (report.already_there if result == "already in the store" else report.sent).append(item.id)
                 if result not in ("stored", "already in the store"):
                     report.notes[item.id] = result
@@ -653,6 +675,11 @@ class Outbox:
             target.store_instance(path)
             return "stored"
         return target.put_case_file(item.study_uid, item.name, path.read_bytes(), item.options)
+
+
+def _delete(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass(frozen=True)
