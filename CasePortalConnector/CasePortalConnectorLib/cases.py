@@ -370,6 +370,50 @@ class _MultipartFiles:
         yield self._end
 
 
+def push_instances(
+    store: CaseStore,
+    paths: Sequence[Path],
+    *,
+    batch_count: int = 64,
+    batch_bytes: int = 32 * 2**20,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
+    """Send DICOM files straight to a store (STOW-RS, batches of at most ``batch_count``
+    instances or ``batch_bytes``), without the outbox: for a copy that is not the hospital's
+    own (a de-identified case pushed to a partner). Returns counts and the refused SOP UIDs;
+    HTTP errors are raised (``requests``), a refused instance is only counted."""
+    import pydicom
+
+    entries = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        entries.append((Path(path), str(ds.SOPInstanceUID), Path(path).stat().st_size))
+    batches: list[list[tuple[Path, str, int]]] = []
+    size = 0
+    for entry in entries:
+        if not batches or len(batches[-1]) >= batch_count or size + entry[2] > batch_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += entry[2]
+    refused: set[str] = set()
+    done = 0
+    for batch in batches:
+        refused |= store.store_instances(
+            [path for path, _, _ in batch], sop_uids=[uid for _, uid, _ in batch]
+        )
+        done += len(batch)
+        if progress:
+            progress(done / max(len(entries), 1), f"pushed {done}/{len(entries)} instances")
+    return {
+        "instances": len(entries),
+        "stored": len(entries) - len(refused),
+        "refused": sorted(refused),
+        "requests": len(batches),
+        "bytes": sum(size for _, _, size in entries),
+    }
+
+
 def stow_refused(response, sop_uids: Sequence[str]) -> set[str]:
     """The SOP UIDs a STOW-RS answer (DICOM JSON) does not confirm: listed in its
     FailedSOPSequence (tested for emptiness: Orthanc sends it empty), or absent from its
