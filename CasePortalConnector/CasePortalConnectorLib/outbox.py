@@ -637,10 +637,13 @@ class Outbox:
 
     def _send_instances(self, target, group: list[OutboxItem], known: dict[str, set[str]]) -> dict:
         """Send a group of instances of one study: those the store already holds are not sent."""
-        for item in group:
-            path = self.file_of(item)
-            if not path.is_file() or sha256_file(path) != item.sha256:
-                raise _Damaged()
+        paths = [self.file_of(item) for item in group]
+        if not all(path.is_file() for path in paths):
+            raise _Damaged()
+        with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:  # hashing releases the GIL
+            digests = list(pool.map(sha256_file, paths))
+        if digests != [item.sha256 for item in group]:
+            raise _Damaged()
         study = group[0].study_uid
         lister = getattr(target, "stored_instances", None)
         results: dict[int, Any] = {}
