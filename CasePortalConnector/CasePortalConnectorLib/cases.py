@@ -126,12 +126,12 @@ class CaseStore:
 
         self.key = dicomweb_url.rstrip("/")
         self.orthanc_url = orthanc_url.rstrip("/") if orthanc_url else None
-        # a TimeoutSession puts ``timeout`` on any call that has none (dicomweb-client 0.61.0's)
+        # a TimeoutSession puts ``timeout`` on any call that has none
         self.session = session or TimeoutSession(timeout)
         self.timeout = timeout
-        try:  # dicomweb-client >= 0.61.1 takes a timeout for every call
+        try:  # dicomweb-client 0.61.0 (Slicer 5.12) and later take a timeout for every call
             self.client = DICOMwebClient(url=self.key, session=self.session, timeout=timeout)
-        except TypeError:  # 0.61.0 (Slicer 5.12) has none: the session gives its calls ours
+        except TypeError:  # an older one has none: the session gives its calls ours
             self.client = DICOMwebClient(url=self.key, session=self.session)
         self.client.set_http_retry_params(retry=False)
 

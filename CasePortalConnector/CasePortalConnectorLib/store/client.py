@@ -332,11 +332,11 @@ class StoreClient:
         if secret is None:
             secret = resolve_secret(settings, prompt)
         self.session = make_session(settings, secret)
-        try:  # dicomweb-client >= 0.61.1 passes its own timeout (20 s) on every call: ours
+        try:  # dicomweb-client (0.61.0, Slicer 5.12's, too) passes its own timeout (20 s): ours
             self.dicomweb = DICOMwebClient(
                 url=settings.dicomweb_url, session=self.session, timeout=settings.timeout
             )
-        except TypeError:  # 0.61.0 (Slicer 5.12) passes none: the session sets ours
+        except TypeError:  # an older one takes none: the session sets ours
             self.dicomweb = DICOMwebClient(url=settings.dicomweb_url, session=self.session)
         # dicomweb-client's own retrying (5 attempts, up to 15 s of waits, on ANY exception, POST
         # included) is off: the session's urllib3 Retry does it, for idempotent calls only.
