@@ -25,7 +25,8 @@ status=0
 if [ "$run_512" = 1 ]; then
   # The suites that exercise pydicom and highdicom (those present in this checkout).
   dicom_suites=()
-  for suite in test_dicom_series.py test_dicom_seg.py test_dicom_models.py test_dicom_versions.py test_real_scanner.py; do
+  for suite in test_dicom_series.py test_dicom_seg.py test_dicom_models.py test_dicom_versions.py test_real_scanner.py \
+    test_store_client.py test_store_auth.py test_store_outbox.py test_store_cases.py test_deid.py; do
     if [ -f "Testing/$suite" ]; then dicom_suites+=("Testing/$suite"); fi
   done
   echo "== DICOM suites on Slicer 5.12: $(.venv-slicer512/bin/python -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("slicer-core", "vtk", "pydicom", "highdicom", "dicomweb-client")))')"

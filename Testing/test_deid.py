@@ -9,6 +9,7 @@ against the original values of the profile's attributes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -438,3 +439,57 @@ def test_cli_deidentify(case, tmp_path, key_dir, capsys, caplog):
     code = main(["-q", "store", "deidentify", str(tmp_path / "missing"), "--out", str(tmp_path / "y")])
     assert code == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_cli_deidentify_push_to_a_second_store(case, tmp_path, key_dir, capsys, monkeypatch, orthanc_factory):
+    """--push sends the de-identified copies to another DICOMweb store (a second Orthanc here),
+    with only the credentials given for it — never the hospital store's."""
+    partner = orthanc_factory(users={"partner": "partner secret 7"})
+    secret = tmp_path / "partner.secret"
+    secret.write_text("partner secret 7\n")
+    secret.chmod(0o600)
+    monkeypatch.setenv("VSP_STORE_CONFIG", str(tmp_path / "none.json"))
+    (tmp_path / "none.json").write_text("{}")
+    # the hospital store's settings in the environment: a push to a URL must not use them
+    monkeypatch.setenv("VSP_STORE_USER", "partner")
+    monkeypatch.setenv("VSP_STORE_PASSWORD_FILE", str(secret))
+    code = main(
+        [
+            "-q",
+            "store",
+            "deidentify",
+            str(case["folder"]),
+            "--out",
+            str(tmp_path / "a"),
+            "--push",
+            partner.url,
+        ]
+    )
+    assert code == 5 and "401" in capsys.readouterr().err  # no credentials of its own: refused
+    assert partner.rest("GET", "/instances") == []
+    common = ["--push", partner.url, "--user", "partner", "--password-file", str(secret), "--json"]
+    code = main(["-q", "store", "deidentify", str(case["folder"]), "--out", str(tmp_path / "b.zip"), *common])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["push"]["stored"] == report["push"]["instances"] == report["written"] == 26
+    assert report["push"]["refused"] == []
+    stored = partner.rest("GET", "/instances?expand")
+    assert len(stored) == 26
+    written = {}
+    with zipfile.ZipFile(tmp_path / "b.zip") as archive:
+        for name in archive.namelist():
+            ds = pydicom.dcmread(io.BytesIO(archive.read(name)))
+            written[str(ds.SOPInstanceUID)] = ds
+    for item in stored:  # what arrived is the de-identified copy, byte for byte
+        sop = item["MainDicomTags"]["SOPInstanceUID"]
+        data = partner.rest("GET", f"/instances/{item['ID']}/file")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        assert sop in written and ds.PatientName == written[sop].PatientName != NAME
+        assert str(ds.PatientIdentityRemoved) == "YES"
+        assert NAME.encode() not in data and PATIENT_ID.encode() not in data
+    for text in (NAME, PATIENT_ID, "partner secret 7"):
+        assert text not in captured.out + captured.err
+    # again from a folder: the same UIDs (same key), replaced in the store, not doubled
+    code = main(["-q", "store", "deidentify", str(case["folder"]), "--out", str(tmp_path / "c"), *common])
+    assert code == 0 and len(partner.rest("GET", "/instances")) == 26

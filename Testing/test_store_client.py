@@ -7,11 +7,13 @@ import copy
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pydicom
 import pytest
 import requests
+import urllib3
 from pydicom.uid import generate_uid
 
 from CasePortalConnectorLib.store import (
@@ -224,46 +226,94 @@ def test_download_equals_uploaded_voxels_and_geometry(orthanc, sample_series, tm
     assert (again.fetched, again.reused) == (0, count)
 
 
-class _FailingAdapter(requests.adapters.HTTPAdapter):
-    """Lets ``allowed`` instance retrievals through, then fails like a dropped network."""
+_SERIES_RETRIEVE = re.compile(r"/series/[0-9.]+$")
+_INSTANCE_RETRIEVE = re.compile(r"/instances/[0-9.]+$")
 
-    def __init__(self, allowed: int):
+
+class _CutStream:
+    """A response body that breaks off after ``limit`` bytes, like a dropped connection."""
+
+    def __init__(self, raw, limit: int):
+        self._raw, self._limit = raw, limit
+
+    def stream(self, amount=None, decode_content=True):
+        sent = 0
+        for chunk in self._raw.stream(amount, decode_content=decode_content):
+            if sent + len(chunk) > self._limit:
+                yield chunk[: self._limit - sent]
+                raise urllib3.exceptions.ProtocolError("simulated network failure")
+            sent += len(chunk)
+            yield chunk
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
+class _FailingAdapter(requests.adapters.HTTPAdapter):
+    """Counts the WADO-RS retrievals: a whole-series answer breaks off after ``cut_after`` bytes;
+    single-instance requests fail like a dropped network after ``allowed`` of them."""
+
+    def __init__(self, allowed: int, cut_after: int | None = None):
         super().__init__(pool_maxsize=8)
-        self.allowed, self.instances = allowed, 0
+        self.allowed, self.cut_after = allowed, cut_after
+        self.instances = self.series = 0
 
     def send(self, request, **kwargs):
-        if "/instances/" in request.url:
+        path = request.path_url
+        if _INSTANCE_RETRIEVE.search(path):
             self.instances += 1
             if self.instances > self.allowed:
                 raise requests.exceptions.ConnectionError("simulated network failure")
-        return super().send(request, **kwargs)
+        response = super().send(request, **kwargs)
+        if _SERIES_RETRIEVE.search(path):
+            self.series += 1
+            if self.cut_after is not None:
+                response.raw = _CutStream(response.raw, self.cut_after)
+        return response
 
 
 def test_interrupted_download_resumes_and_is_never_loaded_half(orthanc, sample_series, tmp_path, app):
     folder, study, series, count = sample_series
+    total = sum(path.stat().st_size for path in folder.glob("*.dcm"))
     client = _client(orthanc)
-    failing = _FailingAdapter(allowed=30)
+    failing = _FailingAdapter(allowed=0, cut_after=int(total * 0.4))  # the stream breaks at 40 %
     client.session.mount("http://", failing)
     with pytest.raises(ServerUnreachableError) as caught:
         download_series(client, study, series, tmp_path / "cache", workers=1)
     assert caught.value.exit_code == EXIT_UNREACHABLE
+    assert failing.series == 1 and failing.instances >= 1  # then one by one: the network is down
     series_folder = tmp_path / "cache" / study / series
     present = sorted(series_folder.glob("*.dcm"))
-    assert len(present) == 30 and not (series_folder / "series.json").exists()
+    assert abs(len(present) - 0.4 * count) <= 2 and not (series_folder / "series.json").exists()
     assert not [p for p in series_folder.iterdir() if p.name.startswith(".")]  # no partial file left
+    for path in present:  # every file kept is whole: the instance the store holds, byte for byte
+        ds = pydicom.dcmread(path)
+        assert path.name == ds.SOPInstanceUID + ".dcm"
+        assert ds.pixel_array.shape == (128, 128)
     with pytest.raises(IncompleteSeriesError, match="incomplete"):
         load_cached_series(app.scene, series_folder)
     with pytest.raises(IncompleteSeriesError):
         cached_files(series_folder)
     assert app.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
-    # a damaged cached file is fetched again, not trusted
+    # a damaged cached file is fetched again, not trusted; more than half missing: one series request
+    kept = len(present)
     present[0].write_bytes(b"not dicom")
     counting = _FailingAdapter(allowed=10**6)
     client = _client(orthanc)
     client.session.mount("http://", counting)
     result = download_series(client, study, series, tmp_path / "cache")
-    assert (result.fetched, result.reused) == (count - 29, 29)
-    assert counting.instances == count - 29  # only the missing instances crossed the network
+    assert (result.fetched, result.reused) == (count - kept + 1, kept - 1)
+    assert (counting.series, counting.instances) == (1, 0)
+    assert (result.series_requests, result.instance_requests) == (1, 0)
+    # a few missing: asked for one by one, only those cross the network
+    for path in sorted(series_folder.glob("*.dcm"))[:3]:
+        path.unlink()
+    counting = _FailingAdapter(allowed=10**6)
+    client = _client(orthanc)
+    client.session.mount("http://", counting)
+    result = download_series(client, study, series, tmp_path / "cache")
+    assert (result.fetched, result.reused) == (3, count - 3)
+    assert (counting.series, counting.instances) == (0, 3)
     node, volume = load_cached_series(app.scene, series_folder)
     assert volume.array.shape == (75, 128, 128)
 
@@ -273,7 +323,9 @@ def test_download_cut_by_killing_orthanc_resumes_after_restart(orthanc_factory, 
     from VSPCoreLib.sampledata.phantom import generate_phantom
 
     server = orthanc_factory()
-    files = write_dicom_series(generate_phantom((32, 32, 24), seed=4), tmp_path / "src")
+    # 40 full-size slices (21 MB): more than the socket buffers hold, so killing the server
+    # really cuts the series stream
+    files = write_dicom_series(generate_phantom((512, 512, 40), seed=4), tmp_path / "src")
     server.upload_folder(tmp_path / "src")
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
@@ -286,11 +338,13 @@ def test_download_cut_by_killing_orthanc_resumes_after_restart(orthanc_factory, 
     with pytest.raises(ServerUnreachableError, match="Cannot reach"):
         download_series(client, study, series, tmp_path / "cache", workers=1, progress=kill_after_five)
     folder = tmp_path / "cache" / study / series
-    assert len(list(folder.glob("*.dcm"))) == 5 and not (folder / "series.json").exists()
+    kept = len(list(folder.glob("*.dcm")))
+    assert 5 <= kept < 40 and not (folder / "series.json").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     server.restart()
     result = download_series(_client(server), study, series, tmp_path / "cache")
-    assert (result.fetched, result.reused, result.expected) == (19, 5, 24)
-    assert len(cached_files(folder)) == 24
+    assert (result.fetched, result.reused, result.expected) == (40 - kept, kept, 40)
+    assert len(cached_files(folder)) == 40
 
 
 def test_missing_study_is_a_clear_404(orthanc, tmp_path):
@@ -457,3 +511,107 @@ def test_every_request_has_a_timeout(tmp_path):
         client.check_connection()
     assert time.monotonic() - start < 5
     listener.close()
+
+
+def test_multipart_splitter_any_chunking():
+    """The series stream's splitter gives the same parts whatever the pieces' borders (the
+    delimiter split across pieces, a part without headers, preamble, padding, epilogue)."""
+    import random
+
+    from CasePortalConnectorLib.store.client import MultipartSplitter
+
+    rng = random.Random(5)
+    bodies = [bytes(rng.randrange(256) for _ in range(n)) for n in (0, 1, 700, 5000)]
+    bodies.append(b"\r\n--b0undar\r\n--b0und")  # almost the delimiter, inside a body
+    body = b"preamble\r\n"
+    for n, part in enumerate(bodies):
+        body += b"--b0undary  \r\n" + (b"" if n == 1 else b"Content-Type: application/dicom\r\n") + b"\r\n"
+        body += part + b"\r\n"
+    body += b"--b0undary--\r\nepilogue"
+    for trial in range(30):
+        splitter = MultipartSplitter(b"b0undary")
+        parts, pos = [], 0
+        while pos < len(body):
+            step = rng.randint(1, 40 if trial % 2 else 3000)
+            for event, value in splitter.feed(body[pos : pos + step]):
+                if event == "part":
+                    parts.append([value, b""])
+                elif event == "data":
+                    parts[-1][1] += bytes(value)
+            pos += step
+        assert splitter.finished
+        assert [data for _, data in parts] == bodies
+        assert parts[0][0] == {"content-type": "application/dicom"} and parts[1][0] == {}
+    cut = MultipartSplitter(b"b0undary")
+    list(cut.feed(body[: len(body) // 2]))
+    assert not cut.finished  # an answer cut off is told apart from a whole one
+
+
+class _FakeKeyring:
+    """Stands in for an OS keyring backend (the tests must not write the user's real one)."""
+
+    def __init__(self):
+        self.secrets = {}
+
+    def set_password(self, service, key, secret):
+        self.secrets[(service, key)] = secret
+
+    def get_password(self, service, key):
+        return self.secrets.get((service, key))
+
+
+def test_cli_login_checks_keeps_0600_or_keyring_never_echoes(orthanc, tmp_path, monkeypatch, capsys):
+    import io as _io
+
+    import CasePortalConnectorLib.store.settings as store_settings
+    from SurgicalPlanningLib import cli_store
+    from SurgicalPlanningLib.cli import main
+
+    monkeypatch.setenv("VSP_STORE_URL", orthanc.url)
+    monkeypatch.setenv("VSP_STORE_USER", orthanc.user)
+    monkeypatch.setenv("VSP_STORE_CONFIG", str(tmp_path / "none.json"))
+    monkeypatch.delenv("VSP_STORE_PASSWORD_FILE", raising=False)
+    (tmp_path / "none.json").write_text("{}")
+    monkeypatch.setattr(store_settings, "_keyring", lambda: None)
+    secret_file = tmp_path / "private" / "store.secret"
+
+    def login(secret, *arguments):
+        monkeypatch.setattr("sys.stdin", _io.StringIO(secret + "\n"))
+        code = main(["store", "login", "--stdin", *arguments])
+        captured = capsys.readouterr()
+        assert secret not in captured.out + captured.err  # never echoed, never in a message
+        return code, captured
+
+    # a wrong password is refused by the store: exit 5, nothing kept
+    code, captured = login("not-the-password", "--to-file", str(secret_file))
+    assert code == EXIT_CREDENTIALS and "HTTP 401" in captured.err and not secret_file.exists()
+    # the right one: checked, then written to a file only the user can read
+    code, captured = login(orthanc.password, "--to-file", str(secret_file))
+    assert code == 0 and "mode 0600" in captured.out
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(secret_file.parent.stat().st_mode & 0o777) == "0o700"
+    assert secret_file.read_text() == orthanc.password + "\n"
+    monkeypatch.setenv("VSP_STORE_PASSWORD_FILE", str(secret_file))
+    assert main(["store", "worklist", "--limit", "1", "-q", "--no-state"]) == 0  # the file is used
+    capsys.readouterr()
+    monkeypatch.delenv("VSP_STORE_PASSWORD_FILE")
+    # no keyring and no --to-file: a clear bad-input error
+    code, captured = login(orthanc.password)
+    assert code == 2 and "--to-file" in captured.err
+    # with a keyring: kept there, and found there by the next command (no prompt, no file)
+    fake = _FakeKeyring()
+    monkeypatch.setattr(store_settings, "_keyring", lambda: fake)
+    code, captured = login(orthanc.password)
+    assert code == 0 and "keyring" in captured.out
+    assert list(fake.secrets.values()) == [orthanc.password]
+    assert main(["store", "worklist", "--limit", "1", "-q", "--no-state"]) == 0
+    capsys.readouterr()
+    # the prompt reads without echo (getpass), on stderr, only from a terminal
+    asked = []
+    monkeypatch.setattr(cli_store.getpass, "getpass", lambda text, stream=None: asked.append(text) or "x")
+    monkeypatch.setattr("sys.stdin", _io.StringIO(""))
+    with pytest.raises(Exception, match="no terminal"):
+        cli_store._prompt("Secret: ")
+    assert asked == []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    assert cli_store._prompt("Secret: ") == "x" and asked == ["Secret: "]

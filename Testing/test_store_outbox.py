@@ -387,7 +387,7 @@ class BatchStore(MemoryStore):
         self.requests += 1
         super().store_instance(path)
 
-    def store_instances(self, paths):
+    def store_instances(self, paths, sop_uids=None):
         self._check()
         self.requests += 1
         refused = set()
@@ -414,3 +414,51 @@ def test_instances_go_in_batches_and_the_store_is_listed_once(series, tmp_path):
     assert outbox.item(ids[3]).last_error == "the store refused the instance (FailedSOPSequence)"
     assert store.listings == 1 and store.requests == 3  # [0,1] -> 1 sent, [2,3] -> 1 request, [4]
     assert items[0].sop_uid not in store.uploads and set(store.uploads.values()) == {1}
+
+
+class _Answer:
+    def __init__(self, body):
+        self.content = json.dumps(body).encode() if body is not None else b""
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def _item(uid):
+    return {
+        "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+        "00081155": {"vr": "UI", "Value": [uid]},
+    }
+
+
+def test_stow_answer_is_read_for_emptiness_and_every_instance():
+    from CasePortalConnectorLib.cases import stow_refused
+
+    sent = ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    stored = {"00081199": {"vr": "SQ", "Value": [_item(uid) for uid in sent]}}
+    # Orthanc: an empty FailedSOPSequence is present in every answer; it refuses nothing
+    assert stow_refused(_Answer({"00081198": {"vr": "SQ"}, **stored}), sent) == set()
+    assert stow_refused(_Answer({"00081198": {"vr": "SQ", "Value": []}, **stored}), sent) == set()
+    # a failed instance, and one the answer does not list as stored, are refused
+    failed = {"00081198": {"vr": "SQ", "Value": [_item("1.2.3.2")]}}
+    partial = {"00081199": {"vr": "SQ", "Value": [_item("1.2.3.1")]}}
+    assert stow_refused(_Answer({**failed, **stored}), sent) == {"1.2.3.2"}
+    assert stow_refused(_Answer(partial), sent) == {"1.2.3.2", "1.2.3.3"}
+    assert stow_refused(_Answer(None), sent) == set(sent)  # nothing confirmed: nothing stored
+
+
+def test_stow_posts_the_files_bytes_unchanged_with_a_length(orthanc_factory, series):
+    server = orthanc_factory()
+    store = case_store(server)
+    seen = []
+    store.session.hooks["response"].append(lambda r, *a, **k: seen.append(r.request.headers))
+    uids = [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in series]
+    assert store.store_instances(series, sop_uids=uids) == set()
+    assert seen[-1]["Content-Length"] == str(sum(p.stat().st_size for p in series) + len(series) * 73 + 38)
+    assert "Transfer-Encoding" not in seen[-1]
+    for path, uid in zip(series, uids, strict=True):
+        found = server.rest("POST", "/tools/lookup", uid.encode())
+        stored = server.rest("GET", f"/instances/{found[0]['ID']}/file")
+        assert stored == path.read_bytes()  # byte for byte: no decode and re-encode
+    # one instance alone (the outbox's single path) reads its UID from the file
+    store.store_instance(series[0])

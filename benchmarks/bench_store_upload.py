@@ -1,17 +1,22 @@
 """Benchmark: uploading the sample CT series to a local Orthanc through the durable outbox,
 against ``curl`` posting the same instances (STOW-RS) in the same run.
 
-- ``ours``: every instance queued in the outbox (copied into it, fsync'd, one SQLite
-  transaction) and sent by :meth:`Outbox.send`: per instance a SOP Instance UID check
-  (``/tools/lookup``) and one STOW-RS request through dicomweb-client. Reported as the send
-  phase (what the network sees) and end to end (queue + send).
-- ``curl``: one STOW-RS request holding every instance (a multipart/related body prepared
-  beforehand, not timed), posted with ``curl --data-binary``; the fastest a client can ask
-  Orthanc to store them.
+- ``ours``: every instance queued in the outbox (copied into it, fsync'd, hashed, one SQLite
+  transaction) and sent by :meth:`Outbox.send`: the study's stored SOP UIDs listed once, each
+  queued copy's hash checked, then STOW-RS requests of at most 64 instances / 32 MiB, the
+  files' bytes posted as they are (multipart/related with a Content-Length) through the
+  configured session, each answer checked. Reported as the send phase (what the network sees)
+  and end to end (queue + send).
+- ``curl`` (compared): the same batches — the same instances in the same number of STOW-RS
+  requests, each with the same Content-Type, Accept and a Content-Length, and no ``Expect: 100-continue``
+  (which curl sends by default and then waits up to 1 s for; requests never sends it) — posted
+  with ``curl --data-binary`` over one connection (``--next``); the bodies are prepared beforehand,
+  not timed.
+- ``curl_one_request`` (reference): every instance in one STOW-RS request.
 
 Between runs the study is deleted, so every run really stores every instance. Runs alternate
 (``--repeat``, default 3); medians are compared: ``ratio_send_to_curl`` is ours' throughput over
-curl's (target >= 0.8).
+curl's with the same batches (target >= 0.8).
 
     python benchmarks/bench_store_upload.py                       # 512 x 512 x 300
     python benchmarks/bench_store_upload.py --shape 256 256 150 --out /tmp/upload.json
@@ -56,24 +61,41 @@ def _multipart(files: list[Path], body: Path) -> str:
     return f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
+def _batches(files: list[Path]) -> list[list[Path]]:
+    """The outbox's grouping: consecutive instances, at most its count and bytes per request."""
+    from CasePortalConnectorLib.outbox import BATCH_BYTES, BATCH_COUNT
+
+    batches, size = [[]], 0
+    for path in files:
+        if batches[-1] and (len(batches[-1]) >= BATCH_COUNT or size + path.stat().st_size > BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += path.stat().st_size
+    return batches
+
+
 def _clear(server) -> None:
     server.clear()
 
 
-def _curl(server, body: Path, content_type: str) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(
-        [
-            "curl", "-sS", "--fail", "-o", os.devnull,
+def _curl(server, bodies: list[tuple[Path, str]]) -> float:
+    """One curl process posting each body in turn over one connection."""
+    command = ["curl", "-sS", "--fail"]
+    for n, (body, content_type) in enumerate(bodies):
+        if n:
+            command.append("--next")
+        command += [
+            "-o", os.devnull,
             "-u", f"{server.user}:{server.password}",
             "-H", f"Content-Type: {content_type}",
             "-H", "Accept: application/dicom+json",
+            "-H", "Expect:",  # no 100-continue wait (curl waits 1 s for it; requests never asks)
             "--data-binary", f"@{body}",
             server.dicomweb_url + "/studies",
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+        ]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"curl failed: {done.stderr}")
@@ -120,20 +142,31 @@ def main() -> None:
     try:
         files = _series(args.shape, root / "dicom")
         total_bytes = sum(path.stat().st_size for path in files)
-        content_type = _multipart(files, root / "body.bin")
+        one = [(root / "body.bin", _multipart(files, root / "body.bin"))]
+        batched = [
+            (root / f"batch{n}.bin", _multipart(batch, root / f"batch{n}.bin"))
+            for n, batch in enumerate(_batches(files))
+        ]
         server = OrthancServer(root / "orthanc").start()
         try:
             # One warm-up of each (first-time SQLite/index work), not counted.
-            _curl(server, root / "body.bin", content_type)
+            _curl(server, batched)
             _clear(server)
             _ours(server, files, root / "box")
             _clear(server)
-            runs = {"curl_s": [], "ours_send_s": [], "ours_queue_s": [], "ours_total_s": []}
+            runs = {
+                "curl_s": [],
+                "curl_one_request_s": [],
+                "ours_send_s": [],
+                "ours_queue_s": [],
+                "ours_total_s": [],
+            }
             for _ in range(args.repeat):
-                runs["curl_s"].append(_curl(server, root / "body.bin", content_type))
-                stored = len(server.rest("GET", "/instances"))
-                assert stored == len(files), stored
-                _clear(server)
+                for key, bodies in (("curl_s", batched), ("curl_one_request_s", one)):
+                    runs[key].append(_curl(server, bodies))
+                    stored = len(server.rest("GET", "/instances"))
+                    assert stored == len(files), stored
+                    _clear(server)
                 ours = _ours(server, files, root / "box")
                 stored = len(server.rest("GET", "/instances"))
                 assert stored == len(files), stored
@@ -150,11 +183,13 @@ def main() -> None:
             "shape": list(args.shape),
             "instances": len(files),
             "mib": round(mib, 1),
+            "requests": len(batched),
             "repeat": args.repeat,
             "runs_s": {key: [round(v, 3) for v in values] for key, values in runs.items()},
             "median_s": {key: round(v, 3) for key, v in medians.items()},
             "mib_per_s": {
                 "curl": round(mib / medians["curl_s"], 1),
+                "curl_one_request": round(mib / medians["curl_one_request_s"], 1),
                 "ours_send": round(mib / medians["ours_send_s"], 1),
                 "ours_end_to_end": round(mib / medians["ours_total_s"], 1),
             },

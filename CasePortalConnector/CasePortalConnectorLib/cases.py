@@ -32,6 +32,7 @@ import getpass
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -55,9 +56,6 @@ RECORD_CREATOR = "SlicerVSP case"
 RECORD_GROUP = 0x0071
 RECORD_SERIES_DESCRIPTION = "SlicerVSP case records"
 MANIFEST_FORMAT = "SlicerVSP case manifest"
-
-#: Bodies up to this size are posted whole (dicomweb-client's chunk size).
-STOW_CHUNK_BYTES = 64 * 2**20
 
 #: A lock lasts this long unless renewed (seconds).
 DEFAULT_LOCK_TTL_S = 4 * 3600
@@ -122,18 +120,20 @@ class CaseStore:
         session=None,
         timeout: tuple[float, float] = (5.0, 120.0),
     ):
-        import requests
         from dicomweb_client.api import DICOMwebClient
+
+        from .store.client import TimeoutSession
 
         self.key = dicomweb_url.rstrip("/")
         self.orthanc_url = orthanc_url.rstrip("/") if orthanc_url else None
-        self.session = session or requests.Session()
+        # a TimeoutSession puts ``timeout`` on any call that has none
+        self.session = session or TimeoutSession(timeout)
         self.timeout = timeout
-        self.client = DICOMwebClient(url=self.key, session=self.session, timeout=timeout)
+        try:  # dicomweb-client 0.61.0 (Slicer 5.12) and later take a timeout for every call
+            self.client = DICOMwebClient(url=self.key, session=self.session, timeout=timeout)
+        except TypeError:  # an older one has none: the session gives its calls ours
+            self.client = DICOMwebClient(url=self.key, session=self.session)
         self.client.set_http_retry_params(retry=False)
-        # One STOW-RS body is at most the outbox's batch (32 MiB): sent whole, not with chunked
-        # transfer encoding, which Orthanc receives about 2.5x slower.
-        self.client.set_chunk_size(STOW_CHUNK_BYTES)
 
     @classmethod
     def from_client(cls, client) -> CaseStore:
@@ -156,19 +156,9 @@ class CaseStore:
         )
         return bool(found)
 
-    def store_instance(self, path: Path) -> None:
-        import pydicom
-
-        ds = pydicom.dcmread(path)
-        answer = self.client.store_instances([ds])
-        # Orthanc answers with an empty FailedSOPSequence: test emptiness, not presence.
-        if len(answer.get("FailedSOPSequence", []) or []) > 0:
-            raise _Refused("the store refused the instance (FailedSOPSequence)")
-        stored = {
-            str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])
-        }
-        if answer and str(ds.SOPInstanceUID) not in stored:
-            raise _Refused("the store's answer does not list the instance as stored")
+    def store_instance(self, path: Path, sop_uid: str | None = None) -> None:
+        if self.store_instances([path], sop_uids=[sop_uid] if sop_uid else None):
+            raise _Refused("the store refused the instance (FailedSOPSequence, or not listed as stored)")
 
     def stored_instances(self, study_uid: str) -> set[str]:
         """The SOP Instance UIDs the store holds in the study (every page of the answer)."""
@@ -184,23 +174,38 @@ class CaseStore:
         )
         return {str(item["00080018"]["Value"][0]) for item in found if item.get("00080018", {}).get("Value")}
 
-    def store_instances(self, paths: Sequence[Path]) -> set[str]:
-        """Store several instances in one STOW-RS request; returns the SOP UIDs the store refused."""
+    def store_instances(self, paths: Sequence[Path], sop_uids: Sequence[str] | None = None) -> set[str]:
+        """Store several instances in one STOW-RS request; returns the SOP UIDs the store refused
+        (in its FailedSOPSequence, or missing from its ReferencedSOPSequence).
+
+        The files' bytes are posted as they are (multipart/related, one application/dicom part
+        each, read from disk while sending, with a Content-Length: no re-encoding) through the
+        configured session (its auth, TLS and timeouts). ``sop_uids`` are the files' SOP
+        Instance UIDs when the caller knows them (else read from their headers)."""
         import pydicom
 
-        datasets = [pydicom.dcmread(path) for path in paths]
-        answer = self.client.store_instances(datasets)
-        # Orthanc answers with an empty FailedSOPSequence: test emptiness, not presence.
-        refused = {
-            str(item.get("ReferencedSOPInstanceUID", ""))
-            for item in answer.get("FailedSOPSequence", []) or []
-        }
-        stored = {
-            str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])
-        }
-        if answer:
-            refused |= {str(ds.SOPInstanceUID) for ds in datasets} - stored
-        return refused
+        paths = [Path(path) for path in paths]
+        if sop_uids is None:
+            sop_uids = [
+                str(
+                    pydicom.dcmread(
+                        path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+                    ).SOPInstanceUID
+                )
+                for path in paths
+            ]
+        body = _MultipartFiles(paths)
+        response = self.session.post(
+            f"{self.key}/studies",
+            data=body,
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={body.boundary}',
+                "Accept": "application/dicom+json",
+            },
+            timeout=self.timeout,
+        )
+        response.raise_for_status()
+        return stow_refused(response, sop_uids)
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str):
         return self.client.retrieve_instance(study_uid, series_uid, sop_uid)
@@ -333,6 +338,105 @@ class CaseStore:
 # --------------------------------------------------------------------------------------------
 # Locks
 # --------------------------------------------------------------------------------------------
+
+
+class _MultipartFiles:
+    """A multipart/related body made of files, read in pieces while it is sent; its length is
+    known before (so it goes with a Content-Length, not chunked)."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, paths: Sequence[Path]):
+        self.boundary = secrets.token_hex(16)
+        self.paths = list(paths)
+        self._head = f"--{self.boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        self._end = f"--{self.boundary}--\r\n".encode()
+        self._sizes = [path.stat().st_size for path in self.paths]
+
+    def __len__(self) -> int:
+        return sum(self._sizes) + len(self.paths) * (len(self._head) + 2) + len(self._end)
+
+    def __iter__(self):
+        for path, size in zip(self.paths, self._sizes, strict=True):
+            yield self._head
+            sent = 0
+            with open(path, "rb") as handle:
+                while piece := handle.read(self.PIECE):
+                    sent += len(piece)
+                    yield piece
+            if sent != size:  # changed while queued: stop (the length would lie)
+                raise OSError(f"{path.name} changed size while it was being sent")
+            yield b"\r\n"
+        yield self._end
+
+
+def push_instances(
+    store: CaseStore,
+    paths: Sequence[Path],
+    *,
+    batch_count: int = 64,
+    batch_bytes: int = 32 * 2**20,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
+    """Send DICOM files straight to a store (STOW-RS, batches of at most ``batch_count``
+    instances or ``batch_bytes``), without the outbox: for a copy that is not the hospital's
+    own (a de-identified case pushed to a partner). Returns counts and the refused SOP UIDs;
+    HTTP errors are raised (``requests``), a refused instance is only counted."""
+    import pydicom
+
+    entries = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        entries.append((Path(path), str(ds.SOPInstanceUID), Path(path).stat().st_size))
+    batches: list[list[tuple[Path, str, int]]] = []
+    size = 0
+    for entry in entries:
+        if not batches or len(batches[-1]) >= batch_count or size + entry[2] > batch_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += entry[2]
+    refused: set[str] = set()
+    done = 0
+    for batch in batches:
+        refused |= store.store_instances(
+            [path for path, _, _ in batch], sop_uids=[uid for _, uid, _ in batch]
+        )
+        done += len(batch)
+        if progress:
+            progress(done / max(len(entries), 1), f"pushed {done}/{len(entries)} instances")
+    return {
+        "instances": len(entries),
+        "stored": len(entries) - len(refused),
+        "refused": sorted(refused),
+        "requests": len(batches),
+        "bytes": sum(size for _, _, size in entries),
+    }
+
+
+def stow_refused(response, sop_uids: Sequence[str]) -> set[str]:
+    """The SOP UIDs a STOW-RS answer (DICOM JSON) does not confirm: listed in its
+    FailedSOPSequence (tested for emptiness: Orthanc sends it empty), or absent from its
+    ReferencedSOPSequence (which must list every instance stored)."""
+
+    def uids(sequence: str) -> set[str]:
+        items = (answer.get(sequence) or {}).get("Value") or []
+        found = set()
+        for item in items:
+            value = (item.get("00081155") or {}).get("Value") or []
+            if value:
+                found.add(str(value[0]))
+        return found
+
+    try:
+        answer = response.json() if response.content else {}
+    except ValueError:
+        answer = {}
+    if isinstance(answer, list):  # a store that wraps the dataset in a list
+        answer = answer[0] if answer else {}
+    failed = uids("00081198")  # FailedSOPSequence
+    stored = uids("00081199")  # ReferencedSOPSequence
+    return {uid for uid in sop_uids if uid in failed or uid not in stored}
 
 
 @dataclasses.dataclass(frozen=True)

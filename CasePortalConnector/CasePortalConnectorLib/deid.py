@@ -691,7 +691,12 @@ def deidentify_case(
             subject=str(out),
             fix="write the export outside the input folder.",
         )
-    if not as_zip and out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # the `vsp` command's own lock (.vsp-lock, VSPCoreLib.files.output_lock) may be there already
+    if (
+        not as_zip
+        and out.exists()
+        and (not out.is_dir() or any(p.name != ".vsp-lock" for p in out.iterdir()))
+    ):
         raise DeidentificationError(
             "already exists and is not an empty folder.",
             subject=str(out),
@@ -785,6 +790,8 @@ def _write(staged: list[tuple[str, Dataset]], out: Path, as_zip: bool) -> None:
                     for name, _ in staged:
                         archive.write(folder / name, arcname=name)
         else:
-            if out.exists():
-                out.rmdir()  # checked empty before
-            shutil.move(str(folder), str(out))
+            if out.exists():  # empty but for the `vsp` command's lock (checked before): fill it
+                for entry in folder.iterdir():
+                    os.replace(entry, out / entry.name)
+            else:
+                shutil.move(str(folder), str(out))

@@ -113,7 +113,8 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
     open_ = add_store_command(
         "open",
         help="download a series into the private cache (resumable, checked) and save it",
-        description="Downloads the series (several instances in parallel) into the cache "
+        description="Downloads the series (in one streamed request; when resuming a few "
+        "instances, those one by one, several in parallel) into the cache "
         "(<cache>/<study UID>/<series UID>/<SOP UID>.dcm, a folder only you can read), resuming an "
         "interrupted download, checks every instance and the count, then loads it with the suite's "
         "DICOM importer. With --out, saves the volume (.nrrd, .nii.gz) or a scene (.mrml, .mrb).",

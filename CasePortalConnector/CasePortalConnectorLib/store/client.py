@@ -332,11 +332,11 @@ class StoreClient:
         if secret is None:
             secret = resolve_secret(settings, prompt)
         self.session = make_session(settings, secret)
-        try:  # dicomweb-client >= 0.61.1 passes its own timeout (20 s) on every call: ours
+        try:  # dicomweb-client (0.61.0, Slicer 5.12's, too) passes its own timeout (20 s): ours
             self.dicomweb = DICOMwebClient(
                 url=settings.dicomweb_url, session=self.session, timeout=settings.timeout
             )
-        except TypeError:  # 0.61.0 (Slicer 5.12) passes none: the session sets ours
+        except TypeError:  # an older one takes none: the session sets ours
             self.dicomweb = DICOMwebClient(url=settings.dicomweb_url, session=self.session)
         # dicomweb-client's own retrying (5 attempts, up to 15 s of waits, on ANY exception, POST
         # included) is off: the session's urllib3 Retry does it, for idempotent calls only.
@@ -405,6 +405,41 @@ class StoreClient:
             )
             answer.raise_for_status()
         return _single_part(answer, self.server, sop_uid)
+
+    def stream_series(self, study_uid: str, series_uid: str, *, chunk_bytes: int = 1 << 20):
+        """The whole series in one WADO-RS request, streamed: yields ``("part", headers)`` at the
+        start of each body part, ``("data", bytes)`` pieces of its body and ``("end", None)`` at
+        its end, without holding more than a chunk in memory. Raises a ``requests`` exception
+        when the stream is cut (the caller keeps the parts that ended) and
+        :class:`ServerResponseError` when the answer is not multipart/related or ends without its
+        closing delimiter. Same Accept header and identity encoding as one instance."""
+        url = f"{self.settings.dicomweb_url}/studies/{study_uid}/series/{series_uid}"
+        with self.translate(f"series {series_uid}"):
+            answer = self.session.get(
+                url,
+                headers={
+                    "Accept": 'multipart/related; type="application/dicom"',
+                    "Accept-Encoding": "identity",
+                },
+                stream=True,
+            )
+            if not answer.ok:
+                answer.close()
+            answer.raise_for_status()
+        try:
+            splitter = MultipartSplitter(_boundary(answer, self.server, f"series {series_uid}"))
+            for chunk in answer.iter_content(chunk_size=chunk_bytes):
+                try:
+                    yield from splitter.feed(chunk)
+                except ValueError as error:
+                    raise ServerResponseError(
+                        f"The store's answer for series {series_uid} is not valid multipart: {error}.",
+                        subject=self.server,
+                    ) from None
+            if not splitter.finished:
+                raise requests.exceptions.ChunkedEncodingError("the answer ended inside a part")
+        finally:
+            answer.close()
 
     # --- Orthanc extras through requests ----------------------------------------------------
     def is_orthanc(self) -> bool:
@@ -504,6 +539,90 @@ class StoreClient:
         self.orthanc(
             "PUT", f"{self._study_path(study_uid)}/attachments/{name}", what=f"attachment {name}", data=data
         )
+
+
+def _boundary(answer: requests.Response, server: str, what: str) -> bytes:
+    kind = answer.headers.get("Content-Type", "")
+    boundary = None
+    for parameter in kind.split(";")[1:]:
+        key, _, value = parameter.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not kind.lower().startswith("multipart/related") or not boundary:
+        raise ServerResponseError(
+            f"The store answered {kind or 'no content type'} for {what}, not multipart/related DICOM.",
+            subject=server,
+        )
+    return boundary.encode("ascii", "replace")
+
+
+class MultipartSplitter:
+    """Splits a multipart body (RFC 2046) fed in pieces into events: ``("part", headers)``
+    (lower-case names), ``("data", memoryview)`` (valid until the next event is asked for),
+    ``("end", None)``. Memory: one piece plus the delimiter's length; every byte is scanned
+    once and copied once."""
+
+    def __init__(self, boundary: bytes):
+        self.delimiter = b"\r\n--" + boundary
+        self._tail = b"\r\n"  # the first delimiter may open the body
+        self._state = "preamble"
+        self.finished = False
+        self.parts = 0
+
+    def feed(self, chunk: bytes):
+        data = self._tail + chunk if self._tail else bytes(chunk)
+        view = memoryview(data)
+        delimiter = self.delimiter
+        keep = len(delimiter) - 1  # bytes that may begin a delimiter the next piece completes
+        pos = 0
+        while True:
+            if self._state in ("preamble", "body"):
+                at = data.find(delimiter, pos)
+                if at < 0:
+                    safe = max(pos, len(data) - keep)
+                    if self._state == "body" and safe > pos:
+                        yield "data", view[pos:safe]
+                    pos = safe
+                    break
+                if self._state == "body":
+                    if at > pos:
+                        yield "data", view[pos:at]
+                    yield "end", None
+                pos = at + len(delimiter)
+                self._state = "delimiter"
+            elif self._state == "delimiter":
+                if len(data) - pos < 2:
+                    break
+                if data[pos : pos + 2] == b"--":
+                    self._state, self.finished = "epilogue", True
+                    continue
+                line_end = data.find(b"\r\n", pos)  # transport padding up to the line end
+                if line_end < 0:
+                    break
+                pos = line_end + 2
+                self._state = "headers"
+            elif self._state == "headers":
+                if data[pos : pos + 2] == b"\r\n":
+                    block, skip = b"", pos + 2
+                else:
+                    at = data.find(b"\r\n\r\n", pos)
+                    if at < 0:
+                        if len(data) - pos > 65536:
+                            raise ValueError("a multipart part's headers exceed 64 KiB")
+                        break
+                    block, skip = data[pos:at], at + 4
+                pos = skip
+                headers = {}
+                for line in block.split(b"\r\n") if block else ():
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                self.parts += 1
+                self._state = "body"
+                yield "part", headers
+            else:  # the epilogue is ignored
+                pos = len(data)
+                break
+        self._tail = data[pos:]
 
 
 def _single_part(answer: requests.Response, server: str, sop_uid: str) -> bytes:

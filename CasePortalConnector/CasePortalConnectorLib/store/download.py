@@ -6,9 +6,14 @@ store settings, ``$VSP_STORE_CACHE``, ``vsp store open --cache DIR``), laid out 
 ``<cache>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``: every name is a UID we
 checked (digits and dots), never a name chosen by the server.
 
-Each instance is fetched with WADO-RS (several in parallel) as the bytes the store sent, parsed, checked (its SOP Instance,
-Series and Study UIDs are the requested ones) and written atomically (a temporary name, then a
-rename), so a file under its final name is always whole. When every instance the store lists is
+When at least half of the series is missing (a first download), the whole series comes in one
+WADO-RS request whose multipart answer is split as it streams: each part is written to a
+temporary file, parsed, checked (its Series and Study UIDs are the requested ones, its SOP
+Instance UID one the store listed and still missing) and renamed to ``<SOP UID>.dcm`` — the UID
+parsed from the instance itself. What the stream did not bring whole (cut off, or a store that
+cannot send a series) and smaller resumes are fetched one instance per request, several in
+parallel, checked the same way (the SOP UID is the one asked). Bytes are written as the store
+sent them (no re-encoding), and every file under its final name is whole. When every instance the store lists is
 present — and their number equals the store's NumberOfSeriesRelatedInstances — a
 ``series.json`` record is written last; a series folder without it is partial. An interrupted
 download resumes: the next run fetches only the missing instances. :func:`load_cached_series`
@@ -31,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import requests
 
+from VSPCoreLib.errors import ServerResponseError, ServerUnreachableError
 from VSPCoreLib.files import partial_prefix
 from VSPCoreLib.progress import ProgressCallback, report
 
@@ -43,6 +50,14 @@ log = logging.getLogger(__name__)
 
 RECORD = "series.json"
 SUFFIX = ".dcm"
+
+#: Fetch the whole series in one WADO-RS request when at least this fraction of it is missing
+#: (one request instead of one per instance: the store's answer streams at disk speed); fewer
+#: missing instances are asked for one by one, several at a time.
+SERIES_REQUEST_FRACTION = 0.5
+
+#: The first bytes of each received instance are kept to parse its header without reading it back.
+HEAD_BYTES = 64 * 1024
 
 
 class IncompleteSeriesError(ConnectorError):
@@ -90,6 +105,8 @@ class DownloadResult:
     bytes_fetched: int
     seconds: float
     files: list[Path]
+    series_requests: int = 0  # whole-series WADO-RS requests made
+    instance_requests: int = 0  # single-instance WADO-RS requests made
 
     @property
     def complete(self) -> bool:
@@ -138,6 +155,17 @@ def _cached_ok(path: Path, sop_uid: str) -> bool:
         return False
 
 
+def _parse_header(head: bytes, path: Path):
+    """The header of a received instance: from its first bytes when they reach the Pixel Data
+    tag (no second read), else from the file."""
+    try:
+        if b"\xe0\x7f\x10\x00" in head:
+            return pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 (the caller reports an unreadable instance)
+        return None
+
+
 def download_series(
     client: StoreClient,
     study_uid: str,
@@ -154,7 +182,135 @@ def download_series(
     folder = series_folder(private_folder(cache), study_uid, series_uid)
     private_folder(folder)
     expected = _expected_count(client, study_uid, series_uid)
-    uids = _instance_uids(client, study_uid, series_uid)
+    record = folder / RECORD
+    if record.exists():
+        record.unlink()  # re-checked below; a series changed in the store must not look whole
+    present = sum(1 for path in folder.glob("*" + SUFFIX) if not path.name.startswith("."))
+    counter = {"done": 0, "bytes": 0, "series_requests": 0, "instance_requests": 0}
+    lock = threading.Lock()
+    received: set[str] = set()  # SOP UIDs written by this run
+    confirmed: set[str] = set()  # SOP UIDs the stream sent that were cached whole already
+    planned = {"count": max(0, (expected or 0) - present)}
+    prefix = partial_prefix()  # asks for the host name: once
+
+    def check(sop_uid: str | None, ds) -> str:
+        """The SOP UID of a received instance after the checks (``sop_uid``: the one asked)."""
+        try:
+            got = (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID))
+        except Exception:  # noqa: BLE001 (whatever the parser says: not a usable instance)
+            got = None
+        subject = f"Instance {sop_uid}" if sop_uid else f"Series {series_uid}"
+        if got is None:
+            raise ConnectorError(
+                "The store sent an instance that cannot be read as DICOM.",
+                subject=subject,
+                fix="Try again; report it to the store's administrator if it persists.",
+            )
+        if got[1:] != (series_uid, study_uid) or (sop_uid is not None and got[0] != sop_uid):
+            raise ConnectorError(
+                "The store sent a different instance than the one requested.",
+                subject=subject,
+                fix="Report it to the store's administrator.",
+            )
+        return check_uid(got[0], f"SOP Instance UID sent for series {series_uid}")  # a file name
+
+    def arrived(sop_uid: str, size: int) -> None:
+        with lock:
+            received.add(sop_uid)
+            counter["done"] += 1
+            counter["bytes"] += size
+            done = counter["done"]
+        total = max(planned["count"], done)
+        report(progress, 0.95 * done / max(1, total), f"Downloaded {done}/{total} instances")
+
+    def fetch(sop_uid: str) -> None:
+        with lock:
+            counter["instance_requests"] += 1
+        data = client.retrieve_instance_bytes(study_uid, series_uid, sop_uid)
+        temporary = folder / f"{prefix}{sop_uid}{SUFFIX}"
+        check(sop_uid, _parse_header(data, temporary))
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, folder / (sop_uid + SUFFIX))
+        finally:
+            temporary.unlink(missing_ok=True)
+        arrived(sop_uid, len(data))
+
+    def finish(temporary: Path, head: bytes, size: int, declared: str | None) -> None:
+        """Check a part written to ``temporary`` and give it its name (or drop it)."""
+        try:
+            if declared is not None and declared.strip().isdigit() and int(declared) != size:
+                raise ConnectorError(
+                    f"The store sent an instance of {size} bytes in a part that declares {declared}.",
+                    subject=f"Series {series_uid}",
+                    fix="Try again; report it to the store's administrator if it persists.",
+                )
+            sop_uid = check(None, _parse_header(head, temporary))
+            target = folder / (sop_uid + SUFFIX)
+            if sop_uid in received or sop_uid in confirmed:
+                return  # sent twice
+            if target.is_file() and _cached_ok(target, sop_uid):
+                with lock:
+                    confirmed.add(sop_uid)
+                return  # cached whole by an earlier run
+            os.replace(temporary, target)
+            arrived(sop_uid, size)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def stream() -> None:
+        """The whole series in one request: each part is written to a temporary file as it
+        arrives; another thread checks it and renames it to its SOP UID (parsed from the part,
+        never a name from the server). Instances already cached whole are not replaced."""
+        counter["series_requests"] += 1
+        handle, head, size, declared, temporary = None, bytearray(), 0, None, None
+        finishing = []
+        with ThreadPoolExecutor(max_workers=1) as finisher:
+            try:
+                for event, value in client.stream_series(study_uid, series_uid):
+                    if event == "data":
+                        handle.write(value)
+                        if len(head) < HEAD_BYTES:
+                            head += value[: HEAD_BYTES - len(head)]
+                        size += len(value)
+                    elif event == "part":
+                        temporary = folder / f"{prefix}part-{len(finishing)}{SUFFIX}"
+                        handle = open(temporary, "wb")  # noqa: SIM115 (closed at "end" or below)
+                        head, size, declared = bytearray(), 0, value.get("content-length")
+                    else:
+                        handle.close()
+                        handle = None
+                        finishing.append(finisher.submit(finish, temporary, bytes(head), size, declared))
+                        if finishing[-1].done() and finishing[-1].exception() is not None:
+                            break  # a bad instance: stop reading
+            finally:
+                if handle is not None:
+                    handle.close()
+                    temporary.unlink(missing_ok=True)
+                wait(finishing)
+                for future in finishing:
+                    if future.exception() is not None:
+                        raise future.exception()
+
+    workers = max(1, workers or client.settings.parallel)
+    uids = None
+    if expected and expected - present >= max(2, expected * SERIES_REQUEST_FRACTION):
+        report(progress, 0.0, f"Downloading the series ({expected} instances, {present} cached)")
+        try:
+            stream()
+            if len(received | confirmed) == expected:
+                # the stream ended with its closing delimiter and brought as many distinct
+                # instances of this series as the store counts: whole, no listing needed
+                uids = sorted(received | confirmed)
+        except (requests.exceptions.RequestException, ServerUnreachableError, ServerResponseError) as error:
+            # cut off, or a store that cannot send a whole series: what arrived whole is
+            # kept; the rest is asked for one by one below (and fails there if it is down)
+            log.warning(
+                "The series request failed or was cut (%s); fetching the rest one instance at a time.",
+                type(error).__name__,
+            )
+    if uids is None:
+        uids = _instance_uids(client, study_uid, series_uid)
     if expected is not None and expected != len(uids):
         raise ConnectorError(
             f"The store says the series has {expected} instances but lists {len(uids)}.",
@@ -163,50 +319,25 @@ def download_series(
         )
     if not uids:
         raise ConnectorError("The series has no instances.", subject=f"Series {series_uid}")
-    record = folder / RECORD
-    if record.exists():
-        record.unlink()  # re-checked below; a series changed in the store must not look whole
-    missing = [uid for uid in uids if not _cached_ok(folder / (uid + SUFFIX), uid)]
-    reused = len(uids) - len(missing)
-    report(progress, 0.0, f"Downloading {len(missing)} of {len(uids)} instances ({reused} cached)")
-    counter = {"done": 0, "bytes": 0}
-    lock = threading.Lock()
-
-    def fetch(sop_uid: str) -> None:
-        data = client.retrieve_instance_bytes(study_uid, series_uid, sop_uid)
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            got = (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID))
-        except Exception:  # noqa: BLE001 (whatever the parser says: not a usable instance)
-            got = None
-        if got is None:
-            raise ConnectorError(
-                "The store sent an instance that cannot be read as DICOM.",
-                subject=f"Instance {sop_uid}",
-                fix="Try again; report it to the store's administrator if it persists.",
-            )
-        if got != (sop_uid, series_uid, study_uid):
-            raise ConnectorError(
-                "The store sent a different instance than the one requested.",
-                subject=f"Instance {sop_uid}",
-                fix="Report it to the store's administrator.",
-            )
-        target = folder / (sop_uid + SUFFIX)
-        temporary = folder / f"{partial_prefix()}{sop_uid}{SUFFIX}"
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
-        size = len(data)
-        with lock:
-            counter["done"] += 1
-            counter["bytes"] += size
-            done = counter["done"]
-        report(progress, 0.95 * done / max(1, len(missing)), f"Downloaded {done}/{len(missing)} instances")
-
-    workers = max(1, workers or client.settings.parallel)
+    stray = received - set(uids)
+    if stray:  # sent by the store but not in its listing: not part of what we open
+        log.warning("The store sent %d instances it does not list; they are not kept.", len(stray))
+        for sop_uid in stray:
+            (folder / (sop_uid + SUFFIX)).unlink(missing_ok=True)
+            received.discard(sop_uid)
+            counter["done"] -= 1
+    missing = [
+        uid
+        for uid in uids
+        if uid not in received and uid not in confirmed and not _cached_ok(folder / (uid + SUFFIX), uid)
+    ]
     if missing:
+        planned["count"] = counter["done"] + len(missing)
+        report(
+            progress,
+            0.95 * counter["done"] / planned["count"],
+            f"Downloading {len(missing)} of {len(uids)} instances one by one",
+        )
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(fetch, uid) for uid in missing]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -225,17 +356,20 @@ def download_series(
         )
     _write_record(folder, study_uid, series_uid, uids)
     seconds = time.monotonic() - start
-    report(progress, 1.0, f"Series complete: {len(uids)} instances ({len(missing)} downloaded)")
+    fetched = len(received)
+    report(progress, 1.0, f"Series complete: {len(uids)} instances ({fetched} downloaded)")
     return DownloadResult(
         folder=folder,
         study_uid=study_uid,
         series_uid=series_uid,
         expected=len(uids),
-        fetched=len(missing),
-        reused=reused,
+        fetched=fetched,
+        reused=len(uids) - fetched,
         bytes_fetched=counter["bytes"],
         seconds=seconds,
         files=files,
+        series_requests=counter["series_requests"],
+        instance_requests=counter["instance_requests"],
     )
 
 
