@@ -1,6 +1,6 @@
 """Where sample cases live on disk: grid sizes, folder names, fresh folders and the phantom cache.
 
-Standard library only, so that the Slicer module file can import it when Slicer starts (the
+Standard library and VSPCoreLib's light modules only, so that the Slicer module file can import it when Slicer starts (the
 panel's grid-size choices come from here) without any package that may still be missing.
 
 Rules:
@@ -14,15 +14,12 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from VSPCoreLib.errors import InputDataError, VSPError
-
-#: The file a complete sample case folder holds (written last, atomically).
-CASE_FILE = "case.json"
+from VSPCoreLib.errors import VSPError
+from VSPCoreLib.sampledata.case import CASE_FILE, read_case_facts  # noqa: F401 (the panel's API)
 
 #: Phantom grid sizes offered in the panel: label -> shape (columns, rows, slices).
 GRID_SIZES = {
@@ -107,27 +104,3 @@ def cached_case_folder(
     elif case_dir.exists():
         case_dir.unlink()
     return case_dir, False
-
-
-def read_case_facts(case_dir: str | os.PathLike) -> dict:
-    """The facts a sample case folder records (seed, grid, ground truth) from its case.json."""
-    path = Path(case_dir) / CASE_FILE
-    if not path.is_file():
-        raise InputDataError(
-            f"Not a sample case folder (no {CASE_FILE}).",
-            subject=str(case_dir),
-            fix="Generate the sample case first (the panel's Generate button or `vsp demo --out DIR`).",
-        )
-    try:
-        facts = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputDataError(
-            f"{CASE_FILE} is not valid JSON ({error}).",
-            subject=str(path),
-            fix="Generate the sample case again.",
-        ) from None
-    if not isinstance(facts, dict) or "ground_truth" not in facts:
-        raise InputDataError(
-            f"{CASE_FILE} has no ground truth.", subject=str(path), fix="Generate the sample case again."
-        )
-    return facts

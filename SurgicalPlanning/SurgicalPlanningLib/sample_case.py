@@ -1,7 +1,7 @@
-"""The sample case on disk and in the scene: used by `vsp demo`, the tests and the Slicer panel.
+"""The sample case in the scene and the demo: used by `vsp demo`, the tests and the Slicer panel.
 
-`create_sample_case` writes the phantom as a DICOM series, NRRD files and `case.json`;
-`load_sample_case` imports the DICOM series with the suite's importer and builds the ground-truth
+`create_sample_case` (VSPCoreLib.sampledata.case) writes the phantom as a DICOM series, NRRD
+files and `case.json`; `load_sample_case` imports the DICOM series with the suite's importer and builds the ground-truth
 segmentation (names, colours, SNOMED CT terminology) on the imported CT's geometry;
 `run_demo` does both and saves the scene and a summary.
 """
@@ -16,33 +16,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from VSPCoreLib import storage
 from VSPCoreLib.app import VSPApplication
 from VSPCoreLib.errors import InputDataError
 from VSPCoreLib.progress import ProgressCallback, report, scaled
-from VSPCoreLib.terminology import term, terminology_entry
+
+# The phantom's case folder and ground truth live in VSPCoreLib.sampledata (apart from product
+# code); this module loads a case into a scene and runs the demo (statistics and the sample plan).
+from VSPCoreLib.sampledata.case import (  # noqa: F401 (create_sample_case, SampleCase: the demo's API)
+    CASE_FILE,
+    SampleCase,
+    create_sample_case,
+    labelmap_to_segmentation,
+    read_case_facts,
+)
 
 from . import __version__
-from .case_folders import CASE_FILE
 from .segmentation import statistics
 
 SCENE_NAME = "SampleCase"
-
-
-@dataclass
-class SampleCase:
-    """The files of a generated sample case."""
-
-    case_dir: Path
-    dicom_dir: Path
-    nrrd_files: dict[str, Path]
-    facts: dict
-
-    @property
-    def labels_json(self) -> Path:
-        return self.nrrd_files["labels_json"]
 
 
 @dataclass
@@ -55,100 +47,6 @@ class LoadedCase:
     warnings: list[str] = field(default_factory=list)
 
 
-def create_sample_case(
-    out_dir: str | os.PathLike,
-    *,
-    shape: tuple[int, int, int] = (512, 512, 300),
-    seed: int = 0,
-    progress: ProgressCallback | None = None,
-) -> SampleCase:
-    """Generate the phantom and write it as DICOM (`dicom/`) and NRRD (`nrrd/`) into out_dir."""
-    from VSPCoreLib.sampledata.dicom_writer import write_dicom_series, write_nrrd
-    from VSPCoreLib.sampledata.phantom import generate_phantom
-
-    case_dir = Path(out_dir)
-    case_dir.mkdir(parents=True, exist_ok=True)
-    report(progress, 0.0, f"generating the {shape[0]}×{shape[1]}×{shape[2]} phantom (seed {seed})")
-    phantom = generate_phantom(shape, seed=seed, progress=scaled(progress, 0.0, 0.55))
-    dicom_dir = case_dir / "dicom"
-    write_dicom_series(phantom, dicom_dir, progress=scaled(progress, 0.55, 0.9))
-    report(progress, 0.9, "writing NRRD volumes and ground truth")
-    nrrd_files = {key: Path(path) for key, path in write_nrrd(phantom, case_dir / "nrrd").items()}
-    facts = {
-        "software": f"SlicerVSP {__version__}",
-        "seed": seed,
-        "shape_ijk": list(shape),
-        "spacing_mm": [float(v) for v in phantom.spacing_mm],
-        "ground_truth": _jsonable(phantom.facts),
-        "files": {key: str(path.relative_to(case_dir)) for key, path in nrrd_files.items()}
-        | {"dicom": "dicom"},
-    }
-    with storage.atomic_path(case_dir / CASE_FILE) as temporary:
-        temporary.write_text(json.dumps(facts, indent=2))
-    report(progress, 1.0, f"sample case written to {case_dir}")
-    return SampleCase(case_dir=case_dir, dicom_dir=dicom_dir, nrrd_files=nrrd_files, facts=facts)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def _read_case(case_dir: Path) -> dict:
-    path = case_dir / CASE_FILE
-    if not path.is_file():
-        raise InputDataError(
-            "is not a sample case folder (no case.json).",
-            subject=str(case_dir),
-            fix="make one with `vsp demo --out DIR` or create_sample_case().",
-        )
-    return json.loads(path.read_text())
-
-
-def labelmap_to_segmentation(
-    app: VSPApplication,
-    labelmap_node,
-    label_terms: dict[int, str],
-    *,
-    reference_volume,
-    name: str = "Ground truth",
-):
-    """A segmentation node with one segment per label, named, coloured and coded.
-
-    `label_terms` maps label values to terminology keys; the segments take the key's display
-    name, colour and SNOMED CT terminology entry. The reference geometry is the source volume.
-    """
-    import slicer
-
-    segmentation_node = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    segmentation_node.CreateDefaultDisplayNodes()
-    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-        labelmap_node, segmentation_node
-    ):
-        raise InputDataError(
-            "the label map could not be imported as a segmentation.", subject=labelmap_node.GetName()
-        )
-    segmentation = segmentation_node.GetSegmentation()
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(index)
-        key = label_terms.get(segment.GetLabelValue())
-        if key is None:
-            continue
-        structure = term(key)
-        segment.SetName(structure.name)
-        segment.SetColor(*structure.colour)
-        segment.SetTag("TerminologyEntry", terminology_entry(structure))
-    return segmentation_node
-
-
 def load_sample_case(
     app: VSPApplication, case_dir: str | os.PathLike, *, progress: ProgressCallback | None = None
 ) -> LoadedCase:
@@ -156,7 +54,7 @@ def load_sample_case(
     from VSPCoreLib.dicom import load_series
 
     case_dir = Path(case_dir)
-    case = _read_case(case_dir)
+    case = read_case_facts(case_dir)
     report(progress, 0.0, "importing the DICOM series")
     volume_node, dicom_volume = load_series(
         app.scene, case_dir / case["files"]["dicom"], name="CT", progress=scaled(progress, 0.0, 0.6)
