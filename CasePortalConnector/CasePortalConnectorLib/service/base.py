@@ -54,7 +54,6 @@ from ..errors import ConnectorError
 EXIT_AUTH = EXIT_CREDENTIALS  # the same numbers as the store's (VSPCoreLib.errors)
 EXIT_SERVICE = EXIT_SERVER
 
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 SETTINGS_ENV = "VSP_SERVICE_SETTINGS"
 URL_ENV = "VSP_SERVICE_URL"
@@ -141,42 +140,18 @@ class ServiceSettings:
         return data
 
 
-def check_service_url(url: str) -> str:
-    """The service's root URL without a trailing slash; ConnectorError when it cannot be used."""
-    text = (url or "").strip()
-    subject = "Service URL"
-    example = "Enter an address like https://gpu.example.org:8000."
-    if not text:
-        raise ServiceRequestError("No service URL is set.", subject=subject, fix=f"{example} (or {URL_ENV})")
-    try:
-        parts = urllib.parse.urlsplit(text)
-        hostname = parts.hostname
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as error:
-        raise ServiceRequestError(
-            f"This is not a valid URL ({error}).", subject=subject, fix=example
-        ) from None
-    if parts.scheme not in ("https", "http") or not hostname:
-        raise ServiceRequestError(
-            "The service URL must start with https:// (or http:// for a service on this computer).",
-            subject=subject,
-            fix=example,
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ServiceRequestError(
-            "The service URL contains a user name or password.",
-            subject=subject,
-            fix="Remove them from the URL and put the credentials in the token file (0600).",
-        )
-    if parts.scheme == "http" and hostname not in LOCAL_HOSTS:
-        raise ServiceRequestError(
-            "http sends patient data unencrypted to another computer.",
-            subject=subject,
-            fix="Use https:// for a service on another computer.",
-        )
-    if parts.query or parts.fragment:
-        raise ServiceRequestError("The service URL has a query or fragment.", subject=subject, fix=example)
-    return text.rstrip("/")
+def check_service_url(url: str | None) -> str:
+    """The service's root URL without a trailing slash; ServiceRequestError when it cannot be used."""
+    from ..settings import check_server_url
+
+    example = "https://gpu.example.org:8000"
+    return check_server_url(
+        url,
+        kind="service",
+        example=example,
+        error=ServiceRequestError,
+        unset_fix=f"Enter an address like {example} (or {URL_ENV}).",
+    )
 
 
 def redact_url(url: str) -> str:
