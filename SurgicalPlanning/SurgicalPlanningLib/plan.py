@@ -447,7 +447,6 @@ def _where(path) -> str:
 
 def _check_unknown_variant_fields(data: dict[str, Any]) -> None:
     """Refuse a field that no variant, and no resection of any kind, has (with the closest name)."""
-    import difflib
 
     schema = plan_schema()
     variant_fields = list(schema["properties"]["variants"]["items"]["properties"])
@@ -466,17 +465,26 @@ def _check_unknown_variant_fields(data: dict[str, Any]) -> None:
             if isinstance(resection, dict)
         ]
         for where, item, allowed in checks:
-            extra = [key for key in item if key not in allowed]
-            if extra:
-                hints = []
-                for key in extra:
-                    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
-                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-                raise PlanFormatError(
-                    f"{where}: unknown field(s) {', '.join(hints)}.",
-                    subject="plan",
-                    fix="rename or remove the field (see data/plan.schema.json).",
-                )
+            _refuse_unknown_fields(where, item, allowed)
+
+
+def _refuse_unknown_fields(where: str, item: dict, allowed: list[str], *, list_valid: bool = False) -> None:
+    """A PlanFormatError naming each field of `item` not in `allowed`, with the closest valid name."""
+    import difflib
+
+    extra = [key for key in item if key not in allowed]
+    if not extra:
+        return
+    hints = []
+    for key in extra:
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    valid = f"; valid fields: {', '.join(allowed)}" if list_valid else ""
+    raise PlanFormatError(
+        f"{where}: unknown field(s) {', '.join(hints)}{valid}.",
+        subject="plan",
+        fix="rename or remove the field (see data/plan.schema.json).",
+    )
 
 
 def check_schema(data: Any) -> None:
@@ -485,7 +493,6 @@ def check_schema(data: Any) -> None:
     The first error is reported with the field's path; an unknown field names the closest
     valid one.
     """
-    import difflib
 
     import jsonschema
 
@@ -502,18 +509,8 @@ def check_schema(data: Any) -> None:
     if unknown:
         instance = unknown[0].instance
         allowed = list(dict.fromkeys(key for e in unknown for key in e.schema.get("properties", {})))
-        extra = [key for key in instance if key not in allowed]
         where = _where(unknown[0].absolute_path)
-        if extra:
-            hints = []
-            for key in extra:
-                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise PlanFormatError(
-                f"{where}: unknown field(s) {', '.join(hints)}; valid fields: {', '.join(allowed)}.",
-                subject="plan",
-                fix="rename or remove the field (see data/plan.schema.json).",
-            )
+        _refuse_unknown_fields(where, instance, allowed, list_valid=True)
         if {"key", "name", "segment_id"} <= set(allowed):
             raise PlanFormatError(
                 f"{where}: give exactly one of key, name or segment_id, not {', '.join(instance)}.",
