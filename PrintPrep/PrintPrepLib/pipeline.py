@@ -52,8 +52,6 @@ KIDNEY_TUMOUR_PARTS_LEFT = (
     "collecting_system_left",
 )
 
-STRUCTURE_KEY_TAG = "SlicerVSP.StructureKey"
-
 
 @dataclass
 class ShapingStep:
@@ -121,7 +119,7 @@ def _tag(segment, name: str) -> str | None:
 
 
 def _segment_structures(segment) -> set[str]:
-    """Structure keys a segment holds, by its terminology code (its key tag as a fallback)."""
+    """Structure keys a segment holds, by its terminology code (never by a private tag)."""
     keys: set[str] = set()
     entry = _tag(segment, "TerminologyEntry")
     if entry:
@@ -129,8 +127,6 @@ def _segment_structures(segment) -> set[str]:
             keys = {t.key for t in terminology.find_by_terminology_entry(entry)}
         except InputDataError:
             keys = set()
-    if not keys and _tag(segment, STRUCTURE_KEY_TAG):
-        keys = {_tag(segment, STRUCTURE_KEY_TAG)}
     return keys
 
 
