@@ -39,8 +39,9 @@ class CasePortalConnector(ScriptedLoadableModule):
         self.parent.dependencies = ["VSPCore"]
         self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
         self.parent.helpText = _("""
-Connects Slicer to the hospital's image store (DICOMweb) and GPU segmentation service. This version
-records the store address; case transfer and remote segmentation arrive in later versions.
+Connects Slicer to the hospital's image store (DICOMweb) and GPU segmentation service. This panel
+records and checks the store address; case transfer and remote segmentation run from the vsp
+command (vsp store, vsp service) and CasePortalConnectorLib, and reach this panel in a later version.
 See the <a href="https://github.com/slicervsp/SlicerVSP#caseportalconnector">module documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
