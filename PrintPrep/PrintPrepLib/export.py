@@ -46,6 +46,8 @@ FILE_FRAMES = {
     "glb": {"frame": "glTF (x=L, y=S, z=A)", "units": "m"},
     "mrb": {"frame": "RAS (MRML scene)", "units": "mm"},
     "gcode": {"frame": "printer bed", "units": "mm"},
+    "vtp": {"frame": "LPS", "units": "mm"},  # wall-thickness map (point scalar WallThickness_mm)
+    "stl-print-oriented": {"frame": "print orientation (not patient coordinates)", "units": "mm"},
 }
 
 

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import vtk
 
 from VSPCoreLib import __version__, arrays, terminology
@@ -83,6 +84,23 @@ class PrintOptions:
     operator: str | None = None
     case: dict = field(default_factory=dict)
     profiles_folder: str | None = None
+    # Making it printable (PrintPrepLib.shaping.steps); every step and its parameters are recorded.
+    hollow_wall_mm: float | None = None  # hollow parts to this wall
+    hollow_parts: tuple[str, ...] | None = None  # None: every part thick enough (others stay solid)
+    drain_holes: int = 0
+    drain_diameter_mm: float = 3.0
+    thickness_check: bool = True  # wall thickness of every printed body against the minimum wall
+    connect: bool = False  # fuse all parts into one body with struts
+    strut_diameter_mm: float = 3.0
+    base_thickness_mm: float | None = None  # with connect: a base plate this thick
+    label_text: str | None = None
+    label_part: str | None = None  # part key or name; default the largest body
+    label_depth_mm: float = 0.8
+    label_height_mm: float = 5.0
+    label_mode: str = "emboss"  # or "engrave"
+    split: bool = False  # cut bodies that do not fit the printer, with pins
+    orient: bool = False  # suggest (and record) a build orientation per body
+    write_oriented: bool = False  # also write print_oriented/BODY.stl (not patient coordinates)
 
 
 @dataclass
@@ -310,27 +328,35 @@ def prepare_print(
             }
             steps.append({"part": part.name, **surface_step})
             steps.append({"part": part.name, "step": "repair", "parameters": options.repair.to_json()})
-            for step in options.shaping:
+            context = {"name": part.name, "key": part.key, "down": None}
+            report(progress, base + 0.55 / count, f"{part.name}: shaping")
+            for step in [*part_shaping_steps(options), *options.shaping]:
                 if step.applies_to is not None and part.key not in step.applies_to:
                     continue
-                mesh, shaping_report = step.function(mesh, **step.parameters)
-                entry["shaping"].append({"step": step.name, **(shaping_report or {})})
-                steps.append({"part": part.name, "step": step.name, "parameters": _jsonable(step.parameters)})
-                if step.name == "thickness_map" and shaping_report:
-                    entry["thickness"] = shaping_report
+                mesh = _run_step(step, mesh, entry, steps, context)
+            entry["_context"] = context
+            prepared.append((part, mesh, entry))
+
+        report(progress, 0.68, "assembly, labels, orientation, wall thickness")
+        bodies, assembled = _assemble(prepared, options, printer, material, steps)
+        for _part, mesh, entry in bodies:
             entry["fit"] = profiles.check_fit(
-                mesh.extents, printer, part=part.name, all_printers=all_printers
+                mesh.extents, printer, part=entry["name"], all_printers=all_printers
             )
             entry["estimate"] = export.material_estimate(mesh, material.density_g_cm3)
             entry["triangles"] = int(len(mesh.faces))
-            prepared.append((part, mesh, entry))
+        for _part, _mesh, entry in prepared:
+            entry.pop("_context", None)
 
         report(progress, 0.7, "writing the files")
-        files = _write_files(app, prepared, staging, printer, material, options, model_nodes, progress)
-        qa_passed = all(
-            e["fidelity"]["passed"] and e["fit"]["fits"] and e.get("thickness", {}).get("passed", True)
-            for _, _, e in prepared
-        ) and all(e.get("slicing", {}).get("exit_code", 0) == 0 for _, _, e in prepared)
+        files = _write_files(app, bodies, staging, printer, material, options, model_nodes, progress)
+        failed = [e["name"] for _, _, e in prepared if not e["fidelity"]["passed"]] + [
+            e["name"]
+            for _, _, e in bodies
+            if not (e["fit"]["fits"] and e.get("thickness", {}).get("passed", True))
+            or e.get("slicing", {}).get("exit_code", 0) != 0
+        ]
+        qa_passed = not failed
         device_record = {
             "schema": SCHEMA_NAME,
             "device": {
@@ -346,14 +372,14 @@ def prepare_print(
             "material": material.to_json(),
             "sterile_check": sterile_check,
             "parts": [e for _, _, e in prepared],
+            **({"bodies": [e for _, _, e in bodies]} if assembled else {}),
             "processing": steps,
             "files": files,
             "qa": {
                 "passed": bool(qa_passed),
                 "fidelity_tolerance": options.tolerance.to_json(),
-                "failed_parts": [
-                    e["name"] for _, _, e in prepared if not (e["fidelity"]["passed"] and e["fit"]["fits"])
-                ],
+                "failed_parts": list(dict.fromkeys(failed)),
+                "min_wall_mm": _min_wall(printer, material),
             },
             "software": f"SlicerVSP {__version__}",
             "operator": options.operator or _operator(),
@@ -400,6 +426,206 @@ def _jsonable(value):
     return str(value)
 
 
+# --- making it printable: shaping steps and assembly ---------------------------------------
+
+
+def _min_wall(printer, material) -> float:
+    """The minimum wall a body must have: the larger of the printer's and the material's."""
+    return float(max(printer.min_wall_mm, material.min_wall_mm))
+
+
+def part_shaping_steps(options: PrintOptions) -> list[ShapingStep]:
+    """The per-part steps PrintOptions asks for, in the order they run (orientation, hollowing)."""
+    from .shaping import steps as shaping_steps
+
+    chosen = []
+    if options.orient:
+        chosen.append(ShapingStep("suggest_orientation", shaping_steps.orientation_step))
+    if options.hollow_wall_mm is not None:
+        chosen.append(
+            ShapingStep(
+                "hollow",
+                shaping_steps.hollow_step,
+                {
+                    "wall_mm": float(options.hollow_wall_mm),
+                    "drain_holes": int(options.drain_holes),
+                    "drain_diameter_mm": float(options.drain_diameter_mm),
+                    "required": options.hollow_parts is not None,
+                },
+                applies_to=tuple(options.hollow_parts) if options.hollow_parts is not None else None,
+            )
+        )
+    return chosen
+
+
+def _run_step(step: ShapingStep, mesh, entry: dict, steps: list, context: dict):
+    """Run one shaping step on a part or body; its report goes into the entry, its parameters
+    into the record's processing steps."""
+    parameters = dict(step.parameters)
+    if getattr(step.function, "uses_context", False):
+        mesh, step_report = step.function(mesh, context=context, **parameters)
+    else:
+        mesh, step_report = step.function(mesh, **parameters)
+    step_report = _jsonable(step_report or {})
+    entry.setdefault("shaping", []).append({"step": step.name, **step_report})
+    recorded = {k: v for k, v in parameters.items() if k != "required"}
+    if "down" in context and context.get("down") is not None and step.name in ("hollow", "add_label"):
+        recorded["down_ras"] = [round(float(v), 4) for v in context["down"]]
+    steps.append({"part": entry["name"], "step": step.name, "parameters": _jsonable(recorded)})
+    if step.name in ("thickness_map", "wall_thickness"):
+        entry["thickness"] = {k: v for k, v in step_report.items() if k != "thin_regions"} | {
+            "thin_regions": step_report.get("thin_regions", [])[:20]
+        }
+    if step.name == "suggest_orientation":
+        entry["orientation"] = step_report
+    return mesh
+
+
+def _body_part(key: str, name: str, colour, members: list[Part]) -> Part:
+    return Part(
+        key=key,
+        name=name,
+        segment_ids=[sid for p in members for sid in p.segment_ids],
+        segment_names=[n for p in members for n in p.segment_names],
+        colour=colour,
+        terminology={},
+        segmentation_method="assembled from parts: " + ", ".join(p.name for p in members),
+    )
+
+
+def _assemble(prepared, options: PrintOptions, printer, material, steps: list):
+    """The printed bodies: the parts themselves, or what connecting and splitting made of them;
+    then the label, the orientation and the wall-thickness check on each body."""
+    from .shaping import connect_parts
+    from .shaping import steps as shaping_steps
+
+    bodies = prepared
+    if options.connect and len(prepared) > 1:
+        parameters = {
+            "strut_diameter_mm": float(options.strut_diameter_mm),
+            "base_thickness_mm": None
+            if options.base_thickness_mm is None
+            else float(options.base_thickness_mm),
+        }
+        fused, connect_report = connect_parts(
+            {p.name: mesh for p, mesh, _ in prepared}, name="connected model", **parameters
+        )
+        largest = max(prepared, key=lambda item: item[1].volume)[0]
+        part = _body_part("connected", "Connected model", largest.colour, [p for p, _, _ in prepared])
+        entry = {
+            "key": part.key,
+            "name": part.name,
+            "assembled_from": [p.name for p, _, _ in prepared],
+            "segments": part.segment_names,
+            "colour_rgb": [round(c, 4) for c in part.colour],
+            "shaping": [{"step": "connect_parts", **_jsonable(connect_report)}],
+            "_context": {"name": part.name, "key": part.key, "down": None},
+        }
+        steps.append({"part": part.name, "step": "connect_parts", "parameters": parameters})
+        bodies = [(part, fused, entry)]
+    if options.split:
+        split_bodies = []
+        for part, mesh, entry in bodies:
+            if profiles.fits(mesh.extents, printer.build_volume_mm):
+                split_bodies.append((part, mesh, entry))
+                continue
+            pieces, split_report = shaping_steps.split_body(
+                mesh, build_volume_mm=printer.build_volume_mm, name=part.name
+            )
+            steps.append(
+                {
+                    "part": part.name,
+                    "step": "split_to_fit",
+                    "parameters": {"build_volume_mm": list(printer.build_volume_mm), "pin_diameter_mm": 4.0},
+                }
+            )
+            for index, piece in enumerate(pieces, start=1):
+                piece_part = _body_part(
+                    f"{part.key}_piece{index}",
+                    f"{part.name} (piece {index} of {len(pieces)})",
+                    part.colour,
+                    [part],
+                )
+                split_bodies.append(
+                    (
+                        piece_part,
+                        piece,
+                        {
+                            "key": piece_part.key,
+                            "name": piece_part.name,
+                            "assembled_from": entry.get("assembled_from", [part.name]),
+                            "split_from": part.name,
+                            "segments": piece_part.segment_names,
+                            "colour_rgb": [round(c, 4) for c in part.colour],
+                            "shaping": [{"step": "split_to_fit", **_jsonable(split_report)}],
+                            "_context": {"name": piece_part.name, "key": piece_part.key, "down": None},
+                        },
+                    )
+                )
+        if len(split_bodies) != len(bodies):
+            bodies = split_bodies
+    if options.label_text:
+        wanted = options.label_part
+        candidates = [
+            item
+            for item in bodies
+            if wanted is None
+            or wanted in (item[0].key, item[0].name)
+            or wanted in item[2].get("assembled_from", [])
+            or any(wanted == p.key for p, _, _ in prepared if p.name in item[2].get("assembled_from", []))
+        ]
+        if not candidates:
+            raise InputDataError(
+                f"no printed part is {wanted!r}.",
+                subject="label part",
+                fix="name one of the parts: " + ", ".join(p.key for p, _, _ in bodies) + ".",
+            )
+        target = max(candidates, key=lambda item: item[1].volume)
+        step = ShapingStep(
+            "add_label",
+            shaping_steps.label_step,
+            {
+                "text": options.label_text,
+                "depth_mm": float(options.label_depth_mm),
+                "height_mm": float(options.label_height_mm),
+                "mode": options.label_mode,
+            },
+        )
+        bodies_labelled = [
+            (p, _run_step(step, m, e, steps, e["_context"]) if e is target[2] else m, e) for p, m, e in bodies
+        ]
+        bodies = prepared if bodies is prepared else bodies_labelled
+        if bodies is prepared:
+            prepared[:] = bodies_labelled
+    out = []
+    for part, mesh, entry in bodies:
+        context = entry["_context"]
+        if options.orient and "orientation" not in entry:
+            mesh = _run_step(
+                ShapingStep("suggest_orientation", shaping_steps.orientation_step),
+                mesh,
+                entry,
+                steps,
+                context,
+            )
+        if options.thickness_check:
+            mesh = _run_step(
+                ShapingStep(
+                    "wall_thickness",
+                    shaping_steps.thickness_step,
+                    {"min_wall_mm": _min_wall(printer, material)},
+                ),
+                mesh,
+                entry,
+                steps,
+                context,
+            )
+        out.append((part, mesh, entry))
+    for _, _, entry in out:
+        entry.pop("_context", None)
+    return out, bodies is not prepared
+
+
 def _write_files(
     app, prepared, staging: Path, printer, material, options: PrintOptions, model_nodes, progress
 ):
@@ -442,10 +668,24 @@ def _write_files(
             add(export.write_3mf(export_parts, staging / "print.3mf", material_name=material.name), "3mf")
         if "glb" in options.formats:
             add(export.write_glb(export_parts, staging / "print.glb"), "glb")
-        for ep in export_parts:
-            model_nodes.append(
-                trimesh_to_model_node(app.scene, ep.mesh, f"Print: {ep.name}", colour=ep.colour)
-            )
+        for (_part, _mesh, entry), ep in zip(prepared, export_parts, strict=True):
+            node = trimesh_to_model_node(app.scene, ep.mesh, f"Print: {ep.name}", colour=ep.colour)
+            model_nodes.append(node)
+            if "thickness" in entry:
+                vtp = staging / "thickness" / f"{ep.key}.vtp"
+                _add_thickness_scalars(node, ep.mesh, entry["thickness"]["min_wall_mm"])
+                vtp.parent.mkdir(parents=True, exist_ok=True)
+                add(_save_model_copy(app, node, vtp), "vtp", entry["name"])
+            if options.write_oriented and "orientation" in entry:
+                from .shaping.steps import oriented_copy, write_binary_stl
+
+                oriented, lps_to_file = oriented_copy(ep.mesh, entry["orientation"]["rotation"])
+                path = staging / "print_oriented" / f"{ep.key}.stl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_binary_stl(oriented, path, "SlicerVSP print orientation: NOT patient coordinates (mm)")
+                entry["orientation"]["print_oriented_file"] = str(path.relative_to(staging))
+                entry["orientation"]["patient_lps_to_file"] = np.round(lps_to_file, 6).tolist()
+                add(path, "stl-print-oriented", entry["name"])
         if options.save_scene:
             report(progress, 0.9, "saving the scene bundle")
             add(export.save_scene_bundle(app, staging / "scene.mrb"), "mrb")
@@ -492,26 +732,97 @@ def _write_part_files(
             add(mtl, "mtl", part.name)
 
 
-def parts_table(result_record: dict) -> str:
-    """A text table of the parts and their QA, for the command line."""
-    header = (
-        f"{'part':<28} {'tri':>7} {'vol mL':>8} {'mass g':>7} {'P95 mm':>7} {'dV %':>6} "
-        f"{'fidelity':>8} {'fits':>5} {'sliced':>8}"
-    )
-    lines = [header]
-    for p in result_record["parts"]:
-        f = p["fidelity"]
+def _add_thickness_scalars(node, mesh, min_wall_mm: float) -> None:
+    """The wall-thickness map as the model node's active point scalars (mm), shown coloured from
+    0 to twice the minimum wall (thin places at the cold end)."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+
+    from .shaping import THICKNESS_ARRAY
+
+    values = np.nan_to_num(np.asarray(mesh.vertex_attributes[THICKNESS_ARRAY], dtype=float), nan=-1.0)
+    array = numpy_to_vtk(values, deep=True)
+    array.SetName(THICKNESS_ARRAY)
+    polydata = node.GetPolyData()
+    polydata.GetPointData().AddArray(array)
+    polydata.GetPointData().SetActiveScalars(THICKNESS_ARRAY)
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetActiveScalarName(THICKNESS_ARRAY)
+        display.SetScalarRangeFlag(0)  # manual range
+        display.SetScalarRange(0.0, 2.0 * float(min_wall_mm))
+        if node.GetScene() is not None and node.GetScene().GetNodeByID("vtkMRMLColorTableNodeRainbow"):
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
+        display.SetScalarVisibility(True)
+
+
+def _save_model_copy(app, node, path: Path) -> Path:
+    """A model node's surface with its point data as a file (Slicer's storage: LPS mm)."""
+    from VSPCoreLib import storage
+
+    copy = app.scene.AddNewNodeByClass("vtkMRMLModelNode", f"_copy_{node.GetName()}")
+    try:
+        polydata = vtk.vtkPolyData()
+        polydata.DeepCopy(node.GetPolyData())
+        copy.SetAndObservePolyData(polydata)
+        storage.save_node(copy, path, coordinate_system=storage.LPS)
+    finally:
+        if copy.GetStorageNode() is not None:
+            app.scene.RemoveNode(copy.GetStorageNode())
+        app.scene.RemoveNode(copy)
+    return path
+
+
+QA_COLUMNS = (
+    "part", "triangles", "volume mL", "mass g", "P95 mm", "dV %", "fidelity",
+    "min wall mm", "thin mm2", "thickness", "fits", "sliced",
+)  # fmt: skip
+
+
+def qa_rows(result_record: dict) -> list[dict]:
+    """One row per part and, when parts were connected or split, per printed body: the QA the
+    command line and the panel show (values as text, '-' where not measured)."""
+
+    def row(p: dict, kind: str) -> dict:
+        f = p.get("fidelity")
+        t = p.get("thickness")
         slicing = p.get("slicing", {})
         sliced = "-" if not slicing else ("ok" if slicing.get("sliced") else "no")
         if slicing.get("print_time"):
             sliced = slicing["print_time"]
-        lines.append(
-            f"{p['name'][:28]:<28} {p['triangles']:>7} {p['estimate']['volume_mL']:>8.2f} "
-            f"{p['estimate']['mass_g']:>7.1f} {f['p95_distance_mm']:>7.2f} {f['volume_difference_percent']:>6.2f} "
-            f"{'pass' if f['passed'] else 'FLAG':>8} {'yes' if p['fit']['fits'] else 'NO':>5} {sliced:>8}"
+        estimate = p.get("estimate")
+        return {
+            "part": p["name"] if kind == "part" else f"[printed] {p['name']}",
+            "triangles": str(p["triangles"]) if "triangles" in p else "-",
+            "volume mL": f"{estimate['volume_mL']:.2f}" if estimate else "-",
+            "mass g": f"{estimate['mass_g']:.1f}" if estimate else "-",
+            "P95 mm": f"{f['p95_distance_mm']:.2f}" if f else "-",
+            "dV %": f"{f['volume_difference_percent']:.2f}" if f else "-",
+            "fidelity": ("pass" if f["passed"] else "FLAG") if f else "-",
+            "min wall mm": f"{t['min_thickness_mm']:.2f}" if t else "-",
+            "thin mm2": f"{t['thin_area_mm2']:.1f}" if t else "-",
+            "thickness": ("pass" if t["passed"] else "FLAG") if t else "-",
+            "fits": ("yes" if p["fit"]["fits"] else "NO") if "fit" in p else "-",
+            "sliced": sliced,
+        }
+
+    rows = [row(p, "part") for p in result_record["parts"]]
+    rows += [row(b, "body") for b in result_record.get("bodies", [])]
+    return rows
+
+
+def parts_table(result_record: dict) -> str:
+    """A text table of the parts and their QA, for the command line."""
+    widths = {"part": 30, "triangles": 7, "volume mL": 8, "mass g": 7, "P95 mm": 7, "dV %": 6}
+    widths |= {"fidelity": 8, "min wall mm": 11, "thin mm2": 8, "thickness": 9, "fits": 5, "sliced": 8}
+
+    def line(values: dict) -> str:
+        return " ".join(
+            f"{str(values[c])[: widths[c]]:<{widths[c]}}" if c == "part" else f"{values[c]:>{widths[c]}}"
+            for c in QA_COLUMNS
         )
+
+    lines = [line({c: c.replace("triangles", "tri") for c in QA_COLUMNS})]
+    lines += [line(r) for r in qa_rows(result_record)]
     qa = result_record["qa"]
-    lines.append(
-        f"QA: {'PASS' if qa['passed'] else 'FLAGGED: ' + ', '.join(qa['failed_parts']) or 'see record'}"
-    )
+    lines.append(f"QA: {'PASS' if qa['passed'] else 'FLAGGED: ' + ', '.join(qa['failed_parts'])}")
     return "\n".join(lines)

@@ -436,6 +436,54 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--profiles", type=Path, help="a folder with the lab's own printers/ and materials/")
     prep.add_argument("--no-slice", action="store_true", help="do not run PrusaSlicer")
     prep.add_argument("--no-scene", action="store_true", help="do not write scene.mrb")
+    shaping = prep.add_argument_group("making it printable (every step is recorded)")
+    shaping.add_argument("--hollow", type=float, metavar="MM", help="hollow the parts to this wall thickness")
+    shaping.add_argument(
+        "--hollow-part",
+        action="append",
+        metavar="KEY",
+        help="hollow only this part (repeatable; an error if it cannot be); default every part thick "
+        "enough, the others stay solid",
+    )
+    shaping.add_argument(
+        "--drain-holes", type=int, default=0, metavar="N", help="drain holes per hollowed part"
+    )
+    shaping.add_argument(
+        "--drain-diameter", type=float, default=3.0, metavar="MM", help="drain hole diameter"
+    )
+    shaping.add_argument(
+        "--no-thickness-check",
+        dest="thickness_check",
+        action="store_false",
+        help="skip the wall-thickness QA (on by default: against the printer's and material's minimum wall)",
+    )
+    shaping.add_argument("--thickness-check", dest="thickness_check", action="store_true", default=True)
+    shaping.add_argument("--connect", action="store_true", help="fuse all parts into one body with struts")
+    shaping.add_argument("--strut-diameter", type=float, default=3.0, metavar="MM")
+    shaping.add_argument("--base", type=float, metavar="MM", help="with --connect: a base plate this thick")
+    shaping.add_argument("--label", metavar="TEXT", help="emboss (or engrave) this text on the largest body")
+    shaping.add_argument("--label-part", metavar="KEY", help="the part that carries the label")
+    shaping.add_argument("--label-depth", type=float, default=0.8, metavar="MM")
+    shaping.add_argument("--label-height", type=float, default=5.0, metavar="MM")
+    shaping.add_argument("--engrave", action="store_true", help="engrave the label instead of embossing it")
+    shaping.add_argument(
+        "--split", action="store_true", help="split bodies that do not fit the printer, with alignment pins"
+    )
+    shaping.add_argument("--orient", action="store_true", help="suggest a build orientation (recorded)")
+    shaping.add_argument(
+        "--write-oriented",
+        action="store_true",
+        help="with --orient: also write print_oriented/BODY.stl turned to that orientation (NOT patient "
+        "coordinates; stl/ stays in patient LPS)",
+    )
+    prep.add_argument(
+        "--dicom",
+        type=Path,
+        metavar="SOURCE_FOLDER",
+        help="also store every STL/OBJ+MTL as DICOM Encapsulated STL/OBJ/MTL (dicom/) in the source CT "
+        "series' study and frame of reference; the folder must hold the segmentation's source series",
+    )
+    prep.add_argument("--series-uid", help="with --dicom: the source series, when the folder holds several")
     prep.add_argument("--out", type=Path, required=True, help="a new or empty folder for the files")
     prep.add_argument("--json", action="store_true", help="print the device record as JSON")
     prep.set_defaults(handler=_print_prep)
@@ -1051,15 +1099,44 @@ def _print_prep(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         operator=args.operator,
         case={"case_id": args.case_id} if args.case_id else {},
         profiles_folder=str(args.profiles) if args.profiles else None,
+        hollow_wall_mm=args.hollow,
+        hollow_parts=tuple(args.hollow_part) if args.hollow_part else None,
+        drain_holes=args.drain_holes,
+        drain_diameter_mm=args.drain_diameter,
+        thickness_check=args.thickness_check,
+        connect=args.connect,
+        strut_diameter_mm=args.strut_diameter,
+        base_thickness_mm=args.base,
+        label_text=args.label,
+        label_part=args.label_part,
+        label_depth_mm=args.label_depth,
+        label_height_mm=args.label_height,
+        label_mode="engrave" if args.engrave else "emboss",
+        split=args.split,
+        orient=args.orient,
+        write_oriented=args.write_oriented,
     )
+    if args.write_oriented and not args.orient:
+        raise VSPError("--write-oriented needs --orient.", subject="--write-oriented", fix="add --orient.")
+    if args.base is not None and not args.connect:
+        raise VSPError("--base is part of --connect.", subject="--base", fix="add --connect.")
     from VSPCoreLib import files
     from VSPCoreLib.files import Output, scene_inputs
 
     # The output folder must not be or hold an input; prepare_print itself refuses a folder
     # that is not new or empty, and writes it whole or not at all.
-    files.check_outputs(scene_inputs("SEG", args.segmentation), [Output(args.out, folder=True)])
+    inputs = scene_inputs("SEG", args.segmentation)
+    if args.dicom is not None:
+        inputs = [*inputs, ("--dicom", args.dicom)]
+    files.check_outputs(inputs, [Output(args.out, folder=True)])
     app = VSPApplication.create_headless()
     segmentation_node = _load_segmentation_input(app, args.segmentation)
+    source = None
+    if args.dicom is not None:
+        from SurgicalPlanningLib.workflow import check_print_source
+
+        # Before any work: the folder must hold the segmentation's own source series.
+        source = check_print_source(segmentation_node, args.dicom, series_uid=args.series_uid)
     segments = list(args.segment or [])
     if args.kidney_tumour_left:
         segments += list(KIDNEY_TUMOUR_PARTS_LEFT)
@@ -1071,6 +1148,10 @@ def _print_prep(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         options=options,
         progress=progress,
     )
+    if source is not None:
+        from SurgicalPlanningLib.workflow import export_print_dicom
+
+        result.record = export_print_dicom(result.out_dir, source, segmentation_node)
     progress.done()
     if args.json:
         print(json.dumps(result.record, indent=2))
