@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from VSPCoreLib.arrays import LPS_TO_RAS
 from VSPCoreLib.errors import InputDataError
 
 PRINT_DICOM_FOLDER = "dicom"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _series_ras_bounds(folder: Path, series_uid: str) -> np.ndarray:
         along_column = orientation[3:] * row_spacing * (int(ds.Rows) - 1)
         for a in (0, 1):
             for b in (0, 1):
-                corners.append(LPS_TO_RAS @ (origin + a * along_row + b * along_column))
+                corners.append(LPS_TO_RAS[:3, :3] @ (origin + a * along_row + b * along_column))
     if not corners:
         raise InputDataError(
             "holds no image positions for its series.", subject=str(folder), fix="give the CT series folder."
