@@ -1,4 +1,4 @@
-"""The SurgicalPlanning module's own self-test (SurgicalPlanningTest), run headless.
+"""The modules' own self-tests (SurgicalPlanningTest, PrintPrepTest), run headless.
 
 slicer-core has no Qt, so the Qt-side Slicer modules the module file imports (qt, slicer.i18n,
 slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule) are replaced by minimal stand-ins
@@ -55,27 +55,60 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     }
 
 
-@pytest.fixture(scope="module")
-def module_file(tmp_path_factory):
+def _import_module_file(module: str):
+    """Import a module file with the stand-ins; yields the module, undoes everything after."""
     import slicer
 
     from VSPCoreLib.app import get_application
 
     patch = pytest.MonkeyPatch()
-    for name, module in _stand_ins().items():
-        patch.setitem(sys.modules, name, module)
-    for folder in ("SurgicalPlanning", "VSPCore"):
+    for name, stand_in in _stand_ins().items():
+        patch.setitem(sys.modules, name, stand_in)
+    for folder in (module, "VSPCore"):
         patch.syspath_prepend(str(REPO / folder))
     # The desktop's global scene: the process-wide application's scene here.
     patch.setattr(slicer, "mrmlScene", get_application().scene, raising=False)
-    for name in ("SurgicalPlanning", "VSPCore"):
+    for name in (module, "VSPCore"):
         sys.modules.pop(name, None)
     try:
-        yield importlib.import_module("SurgicalPlanning")
+        yield importlib.import_module(module)
     finally:
-        for name in ("SurgicalPlanning", "VSPCore"):
+        for name in (module, "VSPCore"):
             sys.modules.pop(name, None)
         patch.undo()
+
+
+@pytest.fixture(scope="module")
+def module_file(tmp_path_factory):
+    yield from _import_module_file("SurgicalPlanning")
+
+
+@pytest.fixture()
+def print_prep_module():
+    yield from _import_module_file("PrintPrep")
+
+
+PRINT_PREP_METHODS = ("test_InputSegmentation", "test_PrepareTinyCase")
+
+
+@pytest.mark.parametrize("method", PRINT_PREP_METHODS)
+def test_print_prep_self_test(print_prep_module, method):
+    """PrintPrepTest calls PrintPrepLib.pipeline.prepare_print through the logic facade."""
+    test = print_prep_module.PrintPrepTest(method)
+    result = unittest.TestResult()
+    test.setUp()
+    test.run(result)
+    problems = [text for _, text in result.errors + result.failures]
+    assert result.testsRun == 1 and not problems, "\n".join(problems)
+
+
+def test_print_prep_panel_choices_are_the_bundled_profiles(print_prep_module):
+    from PrintPrepLib import profiles
+
+    assert print_prep_module.PRINTERS == sorted(profiles.printers())
+    assert print_prep_module.MATERIALS[1:] == sorted(profiles.materials())
+    source = __import__("inspect").getsource(print_prep_module.PrintPrepTest.runTest)
+    assert all(f"self.{m}" in source for m in PRINT_PREP_METHODS)
 
 
 @pytest.mark.parametrize("method", HEADLESS_METHODS)
