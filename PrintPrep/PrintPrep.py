@@ -90,7 +90,8 @@ class PrintPrepParameterNode:
     labelText, labelDepthMm - embossed label on the largest body (empty: none).
     split, orient - split bodies that do not fit; suggest (record) an orientation.
     outputDirectory - a new or empty folder for the files.
-    sourceDicomFolder - optional: the source CT series, for DICOM models (command line: --dicom).
+    sourceDicomFolder - optional: the segmentation's source CT series; every STL/OBJ is also stored
+        as a DICOM model (Encapsulated STL/OBJ/MTL) in its study (the same as vsp print-prep --dicom).
     status - the last run's summary.
     """
 
@@ -331,21 +332,33 @@ class PrintPrepLogic(ScriptedLoadableModuleLogic):
             raise InputDataError(
                 "no output folder is chosen.", subject="Output folder", fix="choose a new or empty folder."
             )
+        workflow = source = None
         if isPathSet(parameterNode.sourceDicomFolder):
-            raise InputDataError(
-                "DICOM models are written by the command line (vsp print-prep --dicom FOLDER), which checks "
-                "the folder against the segmentation's source series; the panel does not write them yet.",
-                subject="Source DICOM folder",
-                fix="clear the folder here and run vsp print-prep with --dicom.",
+            # DICOM models join the Libs: the case workflow (SurgicalPlanning's logic) writes them,
+            # after checking, before anything is written, that the folder holds the source series.
+            workflow = slicer.util.getModuleLogic("SurgicalPlanning")
+            if workflow is None:
+                raise InputDataError(
+                    "DICOM print models need the SurgicalPlanning module, which is not loaded.",
+                    subject="Source DICOM folder",
+                    fix="add SlicerVSP's SurgicalPlanning folder to the module paths, or clear the folder.",
+                )
+            source = workflow.checkPrintSource(
+                parameterNode.inputSegmentation, parameterNode.sourceDicomFolder
             )
         options, segments = self.optionsFromParameterNode(parameterNode)
-        return self.prepare(
+        result = self.prepare(
             parameterNode.inputSegmentation,
             parameterNode.outputDirectory,
             options=options,
             segments=segments,
             progress=progress,
         )
+        if source is not None:
+            if progress:
+                progress(1.0, _("Writing the DICOM models"))
+            result.record = workflow.exportPrintDicom(result.out_dir, source, parameterNode.inputSegmentation)
+        return result
 
     @staticmethod
     def qaColumns():

@@ -690,6 +690,21 @@ class SurgicalPlanningLogic(ScriptedLoadableModuleLogic):
 
         return planning.key_comparison(plan)
 
+    @staticmethod
+    def checkPrintSource(segmentationNode, dicomFolder, seriesUID=None):
+        """The case workflow's check that a DICOM folder holds the segmentation's source series
+        (PrintPrep's panel calls it before preparing DICOM print models)."""
+        from SurgicalPlanningLib import workflow
+
+        return workflow.check_print_source(segmentationNode, dicomFolder, series_uid=seriesUID)
+
+    @staticmethod
+    def exportPrintDicom(printDirectory, source, segmentationNode=None):
+        """Store a print preparation's STL/OBJ models as DICOM and add them to its device record."""
+        from SurgicalPlanningLib import workflow
+
+        return workflow.export_print_dicom(printDirectory, source, segmentationNode)
+
 
 #
 # SurgicalPlanningTest

@@ -126,3 +126,48 @@ def test_self_test_runs_every_headless_method(module_file):
     source = inspect.getsource(module_file.SurgicalPlanningTest.runTest)
     for method in HEADLESS_METHODS:
         assert f"self.{method}" in source
+
+
+def test_print_prep_panel_logic_writes_dicom_models(print_prep_module, tmp_path, monkeypatch):
+    """The panel's path with a source DICOM folder: the case workflow (SurgicalPlanning's logic,
+    reached through Slicer's module registry) checks the folder, then stores the models as DICOM;
+    another patient's folder is refused before anything is written."""
+    import types
+
+    import slicer
+    from test_printprep_wiring import make_case
+
+    from SurgicalPlanningLib import workflow
+    from VSPCoreLib import storage
+    from VSPCoreLib.app import get_application
+
+    case = make_case(tmp_path / "case")
+    storage.load_scene(get_application(), case["scene"])
+    segmentation = get_application().scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    planning_logic = types.SimpleNamespace(
+        checkPrintSource=lambda node, folder, seriesUID=None: workflow.check_print_source(node, folder),
+        exportPrintDicom=workflow.export_print_dicom,
+    )
+    monkeypatch.setattr(slicer.util, "getModuleLogic", lambda name: planning_logic, raising=False)
+    logic = print_prep_module.PrintPrepLogic()
+
+    def parameters(out, dicom):
+        return types.SimpleNamespace(
+            inputSegmentation=segmentation, segments=print_prep_module.ALL_SEGMENTS, printer="prusa-mk4",
+            material=print_prep_module.DEFAULT_MATERIAL, smoothing=0.15, supersampling="auto", hollow=False,
+            wallThicknessMm=2.0, drainHoles=0, drainDiameterMm=3.0, thicknessCheck=True, connect=False,
+            baseThicknessMm=0.0, labelText="", labelDepthMm=0.8, split=False, orient=False,
+            outputDirectory=out, sourceDicomFolder=dicom,
+        )  # fmt: skip
+
+    from VSPCoreLib.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="frame of reference"):
+        logic.prepareFromParameterNode(parameters(tmp_path / "refused", case["other"]))
+    assert not (tmp_path / "refused").exists()
+    result = logic.prepareFromParameterNode(parameters(tmp_path / "print", case["ct"]))
+    kinds = sorted(o["kind"] for o in result.record["dicom_objects"])
+    assert kinds == ["mtl", "mtl", "obj", "obj", "stl", "stl"]
+    assert all((tmp_path / "print" / o["file"]).is_file() for o in result.record["dicom_objects"])
+    rows = logic.qaRows(result.record)
+    assert [r["part"] for r in rows] == ["kidney", "tumour"] and {r["thickness"] for r in rows} == {"pass"}

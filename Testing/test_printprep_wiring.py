@@ -37,6 +37,10 @@ def _admesh_clean(stl: Path) -> None:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
+    return make_case(tmp_path_factory.mktemp("wiring"))
+
+
+def make_case(root: Path) -> dict:
     """(CT folder, scene .mrml with CT + segmentation, .seg.nrrd, other patient's CT folder)."""
     import slicer
     from slicer.util import updateVolumeFromArray
@@ -47,7 +51,6 @@ def case(tmp_path_factory):
     from VSPCoreLib.sampledata.dicom_writer import write_dicom_series
     from VSPCoreLib.sampledata.phantom import generate_phantom
 
-    root = tmp_path_factory.mktemp("wiring")
     ct_dir, other_dir = root / "ct", root / "other_ct"
     write_dicom_series(generate_phantom((48, 48, 24), seed=5, spacing_mm=(1.5, 1.5, 2.0)), ct_dir)
     write_dicom_series(generate_phantom((48, 48, 24), seed=9, spacing_mm=(1.5, 1.5, 2.0)), other_dir)

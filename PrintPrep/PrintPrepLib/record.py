@@ -81,9 +81,26 @@ def render_html(record: dict) -> str:
                 "volume diff %": fid.get("volume_difference_percent"),
                 "fidelity": fid.get("passed"),
                 "thickness": part.get("thickness", {}).get("passed", "not analysed"),
+                "min wall mm": part.get("thickness", {}).get("min_thickness_mm"),
+                "thin area mm2": part.get("thickness", {}).get("thin_area_mm2"),
+                "shaping": ", ".join(s.get("step", "") for s in part.get("shaping", [])),
                 "fits printer": part.get("fit", {}).get("fits"),
             }
         )
+    bodies = [
+        {
+            "printed body": body.get("name"),
+            "made from": ", ".join(body.get("assembled_from", [])),
+            "shaping": ", ".join(s.get("step", "") for s in body.get("shaping", [])),
+            "volume mL": body.get("estimate", {}).get("volume_mL"),
+            "mass g": body.get("estimate", {}).get("mass_g"),
+            "thickness": body.get("thickness", {}).get("passed", "not analysed"),
+            "min wall mm": body.get("thickness", {}).get("min_thickness_mm"),
+            "thin area mm2": body.get("thickness", {}).get("thin_area_mm2"),
+            "fits printer": body.get("fit", {}).get("fits"),
+        }
+        for body in record.get("bodies", [])
+    ]
     files = [
         {
             "file": f["path"],
@@ -109,6 +126,8 @@ def render_html(record: dict) -> str:
         ("Printer", record.get("printer", {}).get("name")),
         ("Material", record.get("material", {}).get("name")),
         ("Sterilisation", record.get("sterile_check", {}).get("sterilisation") or "none"),
+        ("Minimum wall (printer, material)", record.get("qa", {}).get("min_wall_mm")),
+        ("Source check", case.get("source_check")),
         ("Overall QA", "PASS" if record.get("qa", {}).get("passed") else "FAIL"),
         ("Software", record.get("software")),
         ("Operator", record.get("operator")),
@@ -125,7 +144,8 @@ def render_html(record: dict) -> str:
         f"<title>Device record {html.escape(str(device.get('device_id')))}</title><style>{style}</style></head><body>"
         f"<h1>3D-printed anatomical model: device record</h1><table>{rows}</table>"
         f"<h2>Parts and QA</h2>{_table(parts, list(parts[0]) if parts else ['part'])}"
-        f"<h2>Processing steps</h2>{_table(steps, ['part', 'step', 'parameters'])}"
+        + (f"<h2>Printed bodies</h2>{_table(bodies, list(bodies[0]))}" if bodies else "")
+        + f"<h2>Processing steps</h2>{_table(steps, ['part', 'step', 'parameters'])}"
         f"<h2>Files</h2>{_table(files, ['file', 'kind', 'frame', 'units', 'sha256'])}"
         + (f"<h2>DICOM objects</h2>{_table(dicom, sorted({k for d in dicom for k in d}))}" if dicom else "")
         + "</body></html>\n"
