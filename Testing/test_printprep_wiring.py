@@ -162,6 +162,7 @@ def test_hollow_label_orient(case, capsys, tmp_path):
     kidney, tumour = record["parts"]
     hollow = next(s for s in kidney["shaping"] if s["step"] == "hollow")
     assert hollow["hollowed"] and hollow["wall_thickness_mm"] == 2.0
+    assert hollow["internal_voids_filled"] == {"count": 0, "volume_mm3": 0.0}
     assert hollow["material_saved_percent"] > 20 and hollow["closed_cavities"] == 0
     assert len(hollow["drain_holes"]) == 1
     # The drain hole sits at the cavity's lowest point along the suggested down direction.
@@ -225,8 +226,9 @@ def test_connect_with_base(case, capsys, tmp_path):
     _admesh_clean(out / "stl" / "connected.stl")
     # Still in place: the connected model's mass centre on the patient's left.
     assert trimesh.load(out / "stl" / "connected.stl").vertices.mean(axis=0)[0] > 5.0
-    # The parts keep their own fidelity QA.
+    # The parts keep their own fidelity QA; the record's page lists the printed body.
     assert all("fidelity" in p for p in record["parts"])
+    assert "<h2>Printed bodies</h2>" in (out / "device_record.html").read_text()
 
 
 def test_split_to_fit_a_small_printer(case, capsys, tmp_path):
@@ -348,3 +350,27 @@ def test_bad_shaping_requests(case, capsys, tmp_path):
     code, err = _run(capsys, case["seg"], "--hollow", "8", "--hollow-part", "tumour", "--out", tmp_path / "d")
     assert code == 2 and "tumour" in err
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_hollow_fills_sealed_voids_first():
+    """A part that encloses a sealed void (kept by repair as an inward shell) is hollowed with its
+    void filled, so that no closed pocket stays behind the drain holes."""
+    import trimesh
+
+    from PrintPrepLib.shaping.steps import hollow_step
+
+    outer = trimesh.creation.box(extents=(40.0, 30.0, 30.0))
+    void = trimesh.creation.icosphere(subdivisions=3, radius=3.0)
+    void.apply_translation((12.0, 0.0, 8.0))  # hollow() alone refuses this: the void stays sealed
+    void.invert()
+    solid = trimesh.util.concatenate([outer, void])
+    assert solid.volume == pytest.approx(36000 - 4 / 3 * np.pi * 27, rel=0.01)
+    result, report = hollow_step(
+        solid, context={"name": "box", "down": None}, wall_mm=2.0, drain_holes=1, drain_diameter_mm=3.0
+    )
+    assert report["internal_voids_filled"]["count"] == 1
+    assert report["internal_voids_filled"]["volume_mm3"] == pytest.approx(4 / 3 * np.pi * 27, rel=0.02)
+    assert report["closed_cavities"] == 0 and result.is_watertight
+    # Shell of a 40 x 30 x 30 box with a 2 mm wall (the hole removes a little more).
+    shell = 36000 - 36 * 26 * 26
+    assert result.volume == pytest.approx(shell, rel=0.05)

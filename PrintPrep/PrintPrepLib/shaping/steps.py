@@ -5,7 +5,7 @@ Per-part steps (``ShapingStep`` hooks, run on each part after repair and fidelit
 - ``suggest_orientation`` (``PrintOptions.orient``): the build direction with the least support;
   recorded only, the part's coordinates are not changed (its ``down`` feeds the drain holes);
 - ``hollow`` (``PrintOptions.hollow_wall_mm``): a wall of that thickness with drain holes at the
-  cavity's lowest points along ``down``. Without ``hollow_parts`` a part too thin to hollow stays
+  cavity's lowest points along ``down`` (sealed voids the part already has are filled first). Without ``hollow_parts`` a part too thin to hollow stays
   solid and the record says why; a part named in ``hollow_parts`` that cannot be hollowed is an
   error.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PrintPrepError
+from ._common import shells
 from .build_volume import split_to_fit, suggest_orientation
 from .hollow import hollow
 from .labels import add_label
@@ -61,7 +62,17 @@ def hollow_step(
     required: bool = False,
 ):
     """Hollow the part; when not ``required``, a part with nothing to hollow stays solid (recorded)."""
+    import trimesh
+
     down = context.get("down") or DEFAULT_DOWN
+    # Sealed voids the part already has (a segmentation that encloses pockets; repair keeps them
+    # as inward shells) would stay closed inside the hollow print and trap resin or powder:
+    # they are filled first, and the record says how many and how large.
+    pieces = shells(mesh)
+    voids = [piece for piece in pieces if piece.volume < 0]
+    filled = {"count": len(voids), "volume_mm3": round(float(-sum(v.volume for v in voids)), 3)}
+    if voids:
+        mesh = trimesh.util.concatenate([piece for piece in pieces if piece.volume >= 0])
     try:
         result, report = hollow(
             mesh,
@@ -74,8 +85,14 @@ def hollow_step(
     except PrintPrepError as error:
         if required or "nothing" not in str(error):
             raise
-        return mesh, {"hollowed": False, "left_solid_because": str(error), "wall_thickness_mm": wall_mm}
+        return mesh, {
+            "hollowed": False,
+            "left_solid_because": str(error),
+            "wall_thickness_mm": wall_mm,
+            "internal_voids_filled": filled,
+        }
     report["hollowed"] = True
+    report["internal_voids_filled"] = filled
     report["down_ras"] = [round(float(v), 4) for v in down]
     return result, report
 
