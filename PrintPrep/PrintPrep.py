@@ -61,7 +61,8 @@ class PrintPrep(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerVSP developers (Surgical Digitalisation, University Hospital)"]
         self.parent.helpText = _("""
 Prepare segments for the 3D-printing lab: printable models that stay faithful to the segmentation,
-with a device record. This version selects the input; the processing steps arrive in later versions.
+with a device record: surfaces, repair, fidelity and wall-thickness QA, hollowing, connectors, labels,
+splitting, orientation, STL/OBJ/3MF/GLB and, with the source DICOM folder, DICOM models.
 See the <a href="https://github.com/slicervsp/SlicerVSP#printprep">module documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
