@@ -162,7 +162,7 @@ def test_print_prep_panel_logic_writes_dicom_models(print_prep_module, tmp_path,
 
     from VSPCoreLib.errors import InputDataError
 
-    with pytest.raises(InputDataError, match="frame of reference"):
+    with pytest.raises(InputDataError, match="other Frame of Reference"):
         logic.prepareFromParameterNode(parameters(tmp_path / "refused", case["other"]))
     assert not (tmp_path / "refused").exists()
     result = logic.prepareFromParameterNode(parameters(tmp_path / "print", case["ct"]))

@@ -285,6 +285,7 @@ def test_dicom_models_reference_the_source_ct(case, capsys, tmp_path):
     assert {o["frame_of_reference_uid"] for o in objects} == {str(source.FrameOfReferenceUID)}
     assert record["case"]["frame_of_reference_uid"] == str(source.FrameOfReferenceUID)
     assert "Frame of Reference UID" in record["case"]["source_check"]
+    assert "ACCEPTED" not in record["case"]["source_check"]
     from CasePortalConnectorLib.dicom_objects import read_model_dicom
     from PrintPrepLib.export import sha256
 
@@ -323,8 +324,19 @@ def test_dicom_of_another_patient_is_refused(case, capsys, tmp_path):
          "--dicom", str(case["other"]), "--out", str(out)]
     )  # fmt: skip
     assert code == 2
-    assert "frame of reference" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other Frame of Reference" in err and "--accept-other-series" in err
     assert not out.exists()
+    # Told explicitly, it goes ahead and the record says what was accepted.
+    code = main(
+        ["-q", "print-prep", str(case["scene"]), "--profile", "prusa-mk4", "--no-slice", "--no-scene",
+         "--no-thickness-check", "--dicom", str(case["other"]), "--accept-other-series", "--json", "--out", str(out)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    record = json.loads(captured.out)
+    assert "other Frame of Reference" in record["case"]["accepted_other_series"]
+    assert "ACCEPTED" in record["case"]["source_check"] and "warning" in captured.err
 
 
 def test_dicom_geometry_check_without_uids(case, capsys, tmp_path):

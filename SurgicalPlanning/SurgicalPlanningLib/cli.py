@@ -484,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "series' study and frame of reference; the folder must hold the segmentation's source series",
     )
     prep.add_argument("--series-uid", help="with --dicom: the source series, when the folder holds several")
+    _accept_other_series_flag(prep)
     prep.add_argument("--out", type=Path, required=True, help="a new or empty folder for the files")
     prep.add_argument("--json", action="store_true", help="print the device record as JSON")
     prep.set_defaults(handler=_print_prep)
@@ -1136,7 +1137,18 @@ def _print_prep(args: argparse.Namespace, progress: ConsoleProgress) -> int:
         from SurgicalPlanningLib.workflow import check_print_source
 
         # Before any work: the folder must hold the segmentation's own source series.
-        source = check_print_source(segmentation_node, args.dicom, series_uid=args.series_uid)
+        source = check_print_source(
+            segmentation_node,
+            args.dicom,
+            series_uid=args.series_uid,
+            accept_other_series=args.accept_other_series,
+        )
+        if source.accepted:
+            print(
+                f"warning: the models go to --dicom {args.dicom} despite: {'; '.join(source.accepted)} "
+                "(--accept-other-series; recorded)",
+                file=sys.stderr,
+            )
     segments = list(args.segment or [])
     if args.kidney_tumour_left:
         segments += list(KIDNEY_TUMOUR_PARTS_LEFT)

@@ -1,7 +1,8 @@
 """Steps of the case pipeline that join the Libs (DESIGN.md rule 2: only here and in the cli).
 
 Print models as DICOM: :func:`check_print_source` makes sure a DICOM folder holds the
-segmentation's own source series before anything is written (the wrong-patient question);
+segmentation's own source series before anything is written (the wrong-patient guard of
+``VSPCoreLib.identity``);
 :func:`export_print_dicom` stores every STL (and OBJ+MTL) of a print preparation as DICOM
 Encapsulated STL/OBJ/MTL objects of one Model Group in one new series of that study and frame
 of reference (``CasePortalConnectorLib.dicom_objects.export_models_dicom``) and adds their UIDs,
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from VSPCoreLib.arrays import LPS_TO_RAS
 from VSPCoreLib.errors import InputDataError
 
 PRINT_DICOM_FOLDER = "dicom"
@@ -30,113 +30,89 @@ class PrintSource:
     series_uid: str
     frame_of_reference_uid: str
     check: str  # what was compared, for the device record
+    accepted: tuple[str, ...] = ()  # differences accepted with --accept-other-series
 
 
-def _segmentation_uids(segmentation_node) -> dict[str, str]:
-    """Frame of Reference and source series UIDs the segmentation or its reference volume carries."""
-    import slicer
-
-    found: dict[str, str] = {}
-    reference = segmentation_node.GetNodeReference(
-        slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-    )
-    if reference is not None:
-        for name in ("DICOM.FrameOfReferenceUID", "DICOM.SeriesInstanceUID"):
-            if reference.GetAttribute(name):
-                found[name] = reference.GetAttribute(name)
-    if segmentation_node.GetAttribute("DICOM.FrameOfReferenceUID"):
-        found["DICOM.FrameOfReferenceUID"] = segmentation_node.GetAttribute("DICOM.FrameOfReferenceUID")
-    if segmentation_node.GetAttribute("DICOM.ReferencedSeriesInstanceUID"):
-        found["DICOM.SeriesInstanceUID"] = segmentation_node.GetAttribute("DICOM.ReferencedSeriesInstanceUID")
-    return found
-
-
-def _series_ras_bounds(folder: Path, series_uid: str) -> np.ndarray:
-    """(2, 3) RAS bounds of the voxel centres of one series, from its headers."""
+def _series_headers(folder: Path, series_uid: str) -> list:
+    """The headers (no pixels) of one series' images in a folder."""
     import pydicom
 
-    corners = []
+    headers = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not DICOM: not part of the series
             continue
-        if str(ds.get("SeriesInstanceUID", "")) != series_uid or "ImagePositionPatient" not in ds:
-            continue
-        origin = np.array([float(v) for v in ds.ImagePositionPatient])
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
-        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
-        along_row = orientation[:3] * column_spacing * (int(ds.Columns) - 1)
-        along_column = orientation[3:] * row_spacing * (int(ds.Rows) - 1)
-        for a in (0, 1):
-            for b in (0, 1):
-                corners.append(LPS_TO_RAS[:3, :3] @ (origin + a * along_row + b * along_column))
-    if not corners:
+        if str(ds.get("SeriesInstanceUID", "")) == series_uid and "ImagePositionPatient" in ds:
+            headers.append(ds)
+    if not headers:
         raise InputDataError(
             "holds no image positions for its series.", subject=str(folder), fix="give the CT series folder."
         )
-    corners = np.array(corners)
-    return np.stack([corners.min(axis=0), corners.max(axis=0)])
+    return headers
 
 
 def check_print_source(
-    segmentation_node, folder: str | os.PathLike, *, series_uid: str | None = None
+    segmentation_node,
+    folder: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    accept_other_series: bool = False,
 ) -> PrintSource:
     """The source series in ``folder``, checked against the segmentation before anything is written.
 
-    Where the segmentation (or its reference volume) carries DICOM UIDs, the series' Frame of
-    Reference UID (and the source series UID, where known) must be equal; without them the
-    segmentation's content must lie inside the series' imaged volume (a weaker check, named as
-    such in the device record). A mismatch is an error naming both.
+    The wrong-patient guard (``VSPCoreLib.identity``): the segmentation's identity (its
+    ``SlicerVSP.Source.*`` tags, or the DICOM attributes it or its reference volume carries) and
+    the series' (patient hash, study, Frame of Reference, imaged volume) must not differ; a
+    segmentation known by no UID must moreover lie inside the series' imaged volume (a weaker
+    check, named as such in the device record). ``accept_other_series`` turns a mismatch into a
+    recorded acceptance (``PrintSource.accepted``).
     """
     from CasePortalConnectorLib.dicom_objects.encapsulated import read_source
+    from VSPCoreLib import identity
 
     folder = Path(folder)
-    identity = read_source(folder, series_uid=series_uid)
-    known = _segmentation_uids(segmentation_node)
-    subject = f"--dicom {folder}"
-    name = segmentation_node.GetName() or "segmentation"
-    if known:
-        checks = []
-        wanted_for = known.get("DICOM.FrameOfReferenceUID")
-        if wanted_for:
-            if wanted_for != identity.frame_of_reference_uid:
-                raise InputDataError(
-                    f"holds a series in another frame of reference ({identity.frame_of_reference_uid}) than "
-                    f"the segmentation {name!r} ({wanted_for}): models stored there would sit on the wrong "
-                    "images, or the wrong patient.",
-                    subject=subject,
+    source = read_source(folder, series_uid=series_uid)
+    headers = _series_headers(folder, source.series_uid)
+    mine = identity.identity_of_segmentation(segmentation_node)
+    theirs = identity.identity_of_datasets(headers, f"the series in --dicom {folder}")
+    accepted = identity.check_same_series(
+        mine,
+        theirs,
+        accept_other_series=accept_other_series,
+        what="Models stored there would sit on the wrong images, or with the wrong patient.",
+        subject=f"--dicom {folder}",
+    )
+    compared = [
+        name
+        for name, a, b in (
+            ("patient", mine.patient_hash, theirs.patient_hash),
+            ("study", mine.study_uid, theirs.study_uid),
+            ("Frame of Reference UID", mine.frame_of_reference_uid, theirs.frame_of_reference_uid),
+        )
+        if a and b
+    ]
+    if not compared:
+        content, series = mine.bounds_ras, theirs.bounds_ras
+        if content is not None and series is not None and not accept_other_series:
+            low, high = np.array(content[0::2]), np.array(content[1::2])
+            slack = 0.5  # mm
+            if np.any(low < np.array(series[0::2]) - slack) or np.any(high > np.array(series[1::2]) + slack):
+                raise identity.IdentityMismatchError(
+                    f"holds a series whose imaged volume (RAS {np.round(series, 1).tolist()}) does not contain "
+                    f"{mine.label} (RAS {np.round(content, 1).tolist()}): not its source series.",
+                    subject=f"--dicom {folder}",
                     fix="give the folder of the CT series the segmentation was made on.",
                 )
-            checks.append("Frame of Reference UID")
-        wanted_series = known.get("DICOM.SeriesInstanceUID")
-        if wanted_series:
-            if wanted_series != identity.series_uid:
-                raise InputDataError(
-                    f"holds series {identity.series_uid}, not the segmentation's source series {wanted_series}.",
-                    subject=subject,
-                    fix="give the folder of the segmentation's source series (or --series-uid).",
-                )
-            checks.append("source Series Instance UID")
-        check = " and ".join(checks) + " equal to the segmentation's"
-    else:
-        bounds = [0.0] * 6
-        segmentation_node.GetRASBounds(bounds)
-        content = np.array(bounds).reshape(3, 2).T
-        series = _series_ras_bounds(folder, identity.series_uid)
-        slack = 2.5  # mm: voxel edges beyond the outermost voxel centres
-        if np.any(content[0] < series[0] - slack) or np.any(content[1] > series[1] + slack):
-            raise InputDataError(
-                f"holds a series whose imaged volume (RAS {np.round(series, 1).tolist()}) does not contain the "
-                f"segmentation {name!r} (RAS {np.round(content, 1).tolist()}): not its source series.",
-                subject=subject,
-                fix="give the folder of the CT series the segmentation was made on.",
-            )
         check = (
-            "geometry only (the segmentation carries no DICOM UIDs): its content lies inside the "
+            "geometry only (the segmentation carries no DICOM identity): its content lies inside the "
             "series' imaged volume"
         )
-    return PrintSource(folder, identity.series_uid, identity.frame_of_reference_uid, check)
+    else:
+        check = " and ".join(compared) + " equal to the segmentation's, content within the series"
+    if accepted:
+        check += f"; ACCEPTED despite: {'; '.join(accepted)} ({identity.OVERRIDE_FLAG})"
+    return PrintSource(folder, source.series_uid, source.frame_of_reference_uid, check, tuple(accepted))
 
 
 def export_print_dicom(print_dir: str | os.PathLike, source: PrintSource, segmentation_node=None) -> dict:
@@ -177,6 +153,7 @@ def export_print_dicom(print_dir: str | os.PathLike, source: PrintSource, segmen
         "source_series_uids": [source.series_uid],
         "frame_of_reference_uid": source.frame_of_reference_uid,
         "source_check": source.check,
+        **({"accepted_other_series": list(source.accepted)} if source.accepted else {}),
     }
     device_record.write_record(current, print_dir)
     objects = []
