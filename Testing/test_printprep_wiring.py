@@ -361,7 +361,9 @@ def test_bad_shaping_requests(case, capsys, tmp_path):
     # A part named for hollowing that cannot be hollowed is an error; nothing written.
     code, err = _run(capsys, case["seg"], "--hollow", "8", "--hollow-part", "tumour", "--out", tmp_path / "d")
     assert code == 2 and "tumour" in err
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    code, err = _run(capsys, case["seg"], "--hollow", "2", "--hollow-part", "liver", "--out", tmp_path / "e")
+    assert code == 2 and "liver" in err and "kidney" in err
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_hollow_fills_sealed_voids_first():

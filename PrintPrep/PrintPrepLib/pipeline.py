@@ -294,6 +294,13 @@ def prepare_print(
 
     report(progress, 0.0, "finding the parts")
     parts = resolve_parts(segmentation_node, segments)
+    unknown = sorted(set(options.hollow_parts or ()) - {p.key for p in parts})
+    if unknown:
+        raise InputDataError(
+            f"names no part of this preparation: {', '.join(unknown)}.",
+            subject="hollow parts",
+            fix="name parts by their keys: " + ", ".join(p.key for p in parts) + ".",
+        )
     staging = _staging(out_dir)
     model_nodes = []
     try:
@@ -423,6 +430,8 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, bool | int | float | str) or value is None:
         return value
+    if isinstance(value, np.generic | np.ndarray):
+        return _jsonable(value.tolist())
     return str(value)
 
 
