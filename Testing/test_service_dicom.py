@@ -420,9 +420,22 @@ def test_external_node_gets_a_deidentified_copy_and_the_seg_is_mapped_back(
         node = AiNode(external, tmp_path / "node").start()
         try:
             key = tmp_path / "private" / "deid-key.json"
+            external_client = client_for(external)
+            # The copy is pushed as raw bytes (STOW-RS of the written files), not re-encoded by
+            # dicomweb-client: count the requests and the instances they carried.
+            posts: list[tuple[str, int]] = []
+            original_post = external_client.session.post
+
+            def post(url, *args, **kwargs):
+                body = kwargs.get("data")
+                posts.append((kwargs.get("headers", {}).get("Content-Type", ""), len(body.paths)))
+                return original_post(url, *args, **kwargs)
+
+            external_client.session.post = post
+            external_client.dicomweb.store_instances = lambda *a, **k: pytest.fail("re-encoded")
             backend = DicomInOutBackend(
                 dicom_settings(trigger="http", trigger_url=node.url, external=True, key_file=str(key)),
-                store_client=client_for(external),
+                store_client=external_client,
                 source_client=client_for(hospital),
             )
             outcome = run_infer(app, backend, JobStore(tmp_path / "case"),
@@ -431,6 +444,8 @@ def test_external_node_gets_a_deidentified_copy_and_the_seg_is_mapped_back(
         finally:
             node.stop()
         (request,) = node.requests
+        assert [kind.split(";")[0] for kind, _ in posts] == ["multipart/related"]
+        assert posts[0][1] == SHAPE_KJI[0]  # every slice, in one request
         assert request["study_uid"] != study and request["series_uid"] != series
         assert request["study_uid"].startswith("2.25.")
         # nothing identifying reached the external store

@@ -620,6 +620,7 @@ def save_case(
     send: bool = True,
     app=None,
     progress: Callable[[float, str], None] | None = None,
+    service_jobs: Sequence[dict] = (),
 ) -> SaveResult:
     """Save a case: results as DICOM, the plan and the manifest, all through the outbox.
 
@@ -688,6 +689,7 @@ def save_case(
             "segmentation": None,
             "models": [],
             "report": None,
+            "service_jobs": [dict(job) for job in service_jobs],
         }
 
         def add_instance(path: Path, sop_uid: str, series_uid: str) -> None:
@@ -809,7 +811,8 @@ def open_saved_case(
 ) -> dict:
     """Download the case's current plan and manifest (and with ``results`` the SEG, models and
     report the manifest lists, checked against its hashes) into ``folder``; records the plan
-    version this workstation starts from in ``folder/store-case.json``.
+    version this workstation starts from in ``folder/store-case.json`` (the case folder's
+    manifest; the segmentation-service jobs it already lists are kept).
 
     On Orthanc the current plan is the ``vsp-plan`` attachment; on a DICOMweb-only store, the
     newest case record. Returns the state written (study, plan version, files).
@@ -835,8 +838,7 @@ def open_saved_case(
         "files": {},
     }
     if plan is None:
-        _write_json(folder / CASE_STATE_FILE, state)
-        return state  # a new case: nothing saved yet
+        return _write_case_state(folder, state)  # a new case: nothing saved yet
     manifest_dict = json.loads(manifest) if manifest else {}
     version = plan_version(plan)
     expected = (manifest_dict.get("plan") or {}).get("sha256")
@@ -854,8 +856,22 @@ def open_saved_case(
     state["plan_version"] = version
     if results and manifest_dict:
         state["files"].update(_download_results(store, study_uid, manifest_dict, folder))
-    _write_json(folder / CASE_STATE_FILE, state)
-    return state
+    return _write_case_state(folder, state)
+
+
+def _write_case_state(folder: Path, state: dict) -> dict:
+    """Write the case folder's manifest: ``state`` replaces what open-case wrote before, and the
+    service jobs recorded there (``service_jobs``) stay, under the job store's lock."""
+    from .service.base import CASE_JOBS_KEY, CaseJobStore
+
+    def change(document: dict) -> None:
+        jobs = document.get(CASE_JOBS_KEY)
+        document.clear()
+        document.update(state)
+        if jobs:
+            document[CASE_JOBS_KEY] = jobs
+
+    return CaseJobStore(folder).update(change)
 
 
 def _download_results(store: CaseStore, study_uid: str, manifest: dict, folder: Path) -> dict:
@@ -907,7 +923,3 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
-
-
-def _write_json(path: Path, values: dict) -> None:
-    _write_bytes(path, json.dumps(values, indent=2, sort_keys=True).encode())

@@ -3,8 +3,10 @@
 Settings come from ``--settings FILE`` (or $VSP_SERVICE_SETTINGS), then $VSP_SERVICE_URL,
 $VSP_SERVICE_TOKEN_FILE, $VSP_SERVICE_MODEL, then the flags. Without a URL the local engine
 runs; ``--backend dicom`` asks an AI node that works through the store (``--study/--series``,
-``--store-settings``; service/dicom_inout.py). Jobs are kept in ``service-jobs.json`` (beside --out, or --jobs PATH), so a job picked up
-after a restart is not submitted twice. Exit codes: 0 done, 2 bad input or unknown model,
+``--store-settings``; service/dicom_inout.py). Jobs are kept in the case manifest
+(``store-case.json``) of ``--case-folder DIR`` or of the case folder --out lies in, else in
+``service-jobs.json`` beside --out (or --jobs PATH), so a job picked up after a restart is not
+submitted twice. Exit codes: 0 done, 2 bad input or unknown model,
 4 service unreachable or connection lost, 5 credentials refused, 6 service failed (server
 error, timeout, malformed answer), 130/143 interrupted.
 """
@@ -72,7 +74,18 @@ def register(commands, common) -> None:
         help="output segmentation (.seg.nrrd), or a case scene with the CT and the segmentation "
         "(.mrb/.mrml, ready for `vsp plan`)",
     )
-    infer.add_argument("--jobs", type=Path, help="job store (default: service-jobs.json beside --out)")
+    infer.add_argument(
+        "--case-folder",
+        type=Path,
+        metavar="DIR",
+        help="record the job in this case folder's manifest (store-case.json; made when missing)",
+    )
+    infer.add_argument(
+        "--jobs",
+        type=Path,
+        help="job store (default: the manifest of the case folder --out lies in, else "
+        "service-jobs.json beside --out)",
+    )
     infer.add_argument("--params", default="{}", help="model parameters as a JSON object")
     infer.add_argument(
         "--session", action="store_true", help="send the volume once as a session (large volumes)"
@@ -84,14 +97,20 @@ def register(commands, common) -> None:
 
     jobs = sub.add_parser("jobs", parents=[common, shared], help="list the jobs of a job store")
     jobs.add_argument(
-        "--jobs", type=Path, default=Path("."), help="job store file or case folder (default: .)"
+        "--jobs",
+        type=Path,
+        default=Path("."),
+        help="job store file, case folder (its store-case.json) or folder (default: .)",
     )
     jobs.set_defaults(handler=_jobs)
 
     resume = sub.add_parser("resume", parents=[common, shared], help="complete a job after a restart")
     resume.add_argument("job", help="job id (or a unique prefix)")
     resume.add_argument(
-        "--jobs", type=Path, default=Path("."), help="job store file or case folder (default: .)"
+        "--jobs",
+        type=Path,
+        default=Path("."),
+        help="job store file, case folder (its store-case.json) or folder (default: .)",
     )
     resume.add_argument("--out", type=Path, help="output segmentation (default: the job's)")
     resume.set_defaults(handler=_resume)
@@ -162,7 +181,7 @@ def _print_outcome(args, outcome) -> None:
 
 
 def _infer(args, progress) -> int:
-    from CasePortalConnectorLib.service.base import InferRequest, JobStore, ServiceRequestError
+    from CasePortalConnectorLib.service.base import InferRequest, ServiceRequestError, job_store_for
     from CasePortalConnectorLib.service.runner import (
         load_source,
         make_backend,
@@ -196,7 +215,7 @@ def _infer(args, progress) -> int:
         )
     inputs = [*scene_inputs("--volume", args.volume), *scene_inputs("--reference", args.reference)]
     _outputs(args, inputs, [Output(args.out, suffixes=OUT_SUFFIXES, what="a segmentation or a case scene")])
-    store = JobStore(args.jobs if args.jobs is not None else args.out.resolve().parent)
+    store = job_store_for(args.out, jobs=args.jobs, case_folder=args.case_folder)
     backend = make_backend(settings)
     app = VSPApplication.create_headless()
     reference = load_source(app, args.reference) if args.reference is not None else None
@@ -240,14 +259,15 @@ def _infer(args, progress) -> int:
 def _jobs(args, progress) -> int:
     from dataclasses import asdict
 
-    from CasePortalConnectorLib.service.base import JobStore
+    from CasePortalConnectorLib.service.base import open_job_store
 
-    jobs = JobStore(args.jobs).jobs()
+    store = open_job_store(args.jobs)
+    jobs = store.jobs()
     if args.json:
         print(json.dumps([asdict(job) for job in jobs], indent=1, sort_keys=True))
         return 0
     if not jobs:
-        print(f"no jobs in {JobStore(args.jobs).path}")
+        print(f"no jobs in {store.path}")
     for job in jobs:
         source = (
             f"series {job.series_uid}"
@@ -262,14 +282,14 @@ def _jobs(args, progress) -> int:
 
 
 def _resume(args, progress) -> int:
-    from CasePortalConnectorLib.service.base import JobStore
+    from CasePortalConnectorLib.service.base import open_job_store
     from CasePortalConnectorLib.service.runner import make_backend, resume
     from VSPCoreLib.app import VSPApplication
     from VSPCoreLib.files import Output
 
     from .cli import _outputs
 
-    store = JobStore(args.jobs)
+    store = open_job_store(args.jobs)
     job = store.get(args.job)
     out = args.out or (Path(job.output) if job.output else None)
     if out is None:

@@ -38,7 +38,8 @@ def register() -> None:
     save.add_argument(
         "--case-folder",
         type=Path,
-        help="the folder `vsp store open-case` wrote: its plan version is the one we started from",
+        help="the folder `vsp store open-case` wrote: its plan version is the one we started from; "
+        "the segmentation-service jobs its manifest lists are saved in the case manifest",
     )
     save.add_argument(
         "--base-version",
@@ -155,10 +156,12 @@ def _unreachable(client, report) -> None:
 
 
 def _save(args, progress) -> int:
-    from CasePortalConnectorLib.cases import save_case
+    from CasePortalConnectorLib.cases import read_case_state, save_case
     from CasePortalConnectorLib.outbox import Outbox
+    from CasePortalConnectorLib.service.base import manifest_jobs
 
     base = _base_version(args)
+    jobs = manifest_jobs(read_case_state(args.case_folder)) if args.case_folder is not None else []
     client, store = _case_store(args)
     with Outbox(args.outbox) as outbox:
         result = save_case(
@@ -173,6 +176,7 @@ def _save(args, progress) -> int:
             owner=args.owner,
             send=not args.queue_only,
             progress=progress,
+            service_jobs=jobs,
         )
         progress.done()
         summary = result.to_dict()

@@ -324,6 +324,7 @@ class Job:
     client_latency_s: float | None = None
     output: str = ""  # the imported segmentation
     session_id: str = ""  # MONAI Label: the session the volume was sent in (--session)
+    provenance: dict[str, Any] = field(default_factory=dict)  # as written into the segmentation
     segments: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str = ""
@@ -479,6 +480,166 @@ class JobStore:
 
     def result_path(self, job: Job, suffix: str) -> Path:
         return self.results_folder / f"{job.job_id}{suffix}"
+
+
+#: A *case folder* is a folder holding this file, its case manifest (written by `vsp store
+#: open-case`, read by `vsp store save --case-folder`; = ``cases.CASE_STATE_FILE``).
+CASE_FILE = "store-case.json"
+#: The key of the case manifest that holds the case's service jobs ({job_id: record}).
+CASE_JOBS_KEY = "service_jobs"
+#: What of a job goes into the manifest uploaded with a saved case: no local path (a volume's
+#: path may name the patient), no error text, no datastore image id.
+MANIFEST_JOB_FIELDS = (
+    "job_id",
+    "backend",
+    "service_url",
+    "model",
+    "model_version",
+    "state",
+    "attempts",
+    "created",
+    "updated",
+    "result_file",
+    "result_sha256",
+    "label_names",
+    "server_latency_s",
+    "client_latency_s",
+    "session_id",
+    "study_uid",
+    "series_uid",
+    "segments",
+    "provenance",
+)
+
+
+class CaseJobStore(JobStore):
+    """The jobs of a case folder, kept in its case manifest (``store-case.json``, key
+    ``service_jobs``) beside what `vsp store open-case` wrote there, which stays as it is; the
+    results go to ``service-results/`` in the case folder. Every change is a read-modify-write
+    of the whole manifest under the job store's lock (``store-case.json.lock``), written
+    atomically. Jobs of an older ``service-jobs.json`` in the same folder are still found."""
+
+    FILE_NAME = CASE_FILE
+
+    def __init__(self, folder: str | os.PathLike):
+        folder = Path(folder)
+        if folder.name == CASE_FILE:
+            folder = folder.parent
+        super().__init__(folder / CASE_FILE)
+
+    def document(self) -> dict[str, Any]:
+        """The whole case manifest ({} when the folder has none yet)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            raise VSPError(
+                f"cannot be read as a case manifest ({error}).",
+                subject=str(self.path),
+                fix="open the case again with `vsp store open-case --out FOLDER`, or move the damaged file away.",
+            ) from None
+        if not isinstance(data, dict):
+            raise VSPError(
+                "is not a case manifest (not a JSON object).",
+                subject=str(self.path),
+                fix="open the case again with `vsp store open-case --out FOLDER`.",
+            )
+        return data
+
+    def _read(self) -> dict[str, dict]:
+        legacy = self.folder / JobStore.FILE_NAME
+        jobs = JobStore(legacy)._read() if legacy.is_file() else {}
+        ours = self.document().get(CASE_JOBS_KEY)
+        if isinstance(ours, dict):
+            jobs.update(ours)
+        return jobs
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """``change`` the case manifest in place, under the lock, and write it atomically."""
+        with self._locked():
+            document = self.document()
+            change(document)
+            text = json.dumps(document, indent=2, sort_keys=True)
+            with files.atomic_path(self.path) as temporary:
+                temporary.write_text(text, encoding="utf-8")
+            return document
+
+    def save(self, job: Job) -> None:
+        def change(document: dict[str, Any]) -> None:
+            job.updated = now_iso()
+            jobs = document.get(CASE_JOBS_KEY)
+            jobs = jobs if isinstance(jobs, dict) else {}
+            jobs[job.job_id] = dataclasses.asdict(job)
+            document[CASE_JOBS_KEY] = jobs
+
+        self.update(change)
+
+
+def manifest_jobs(case_manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The service jobs of a local case manifest as they go into the manifest saved with the
+    case (only :data:`MANIFEST_JOB_FIELDS`), oldest first."""
+    jobs = (case_manifest or {}).get(CASE_JOBS_KEY)
+    if not isinstance(jobs, dict):
+        return []
+    records = [
+        {name: record.get(name) for name in MANIFEST_JOB_FIELDS if name in record}
+        for record in jobs.values()
+        if isinstance(record, dict)
+    ]
+    return sorted(records, key=lambda record: (str(record.get("created", "")), str(record.get("job_id"))))
+
+
+def case_folder_of(path: str | os.PathLike) -> Path | None:
+    """The case folder ``path`` lies in: the nearest folder holding ``store-case.json``, from
+    ``path``'s own folder upwards; None when there is none."""
+    here = Path(path).resolve()
+    for folder in [here, *here.parents] if here.is_dir() else here.parents:
+        if (folder / CASE_FILE).is_file():
+            return folder
+    return None
+
+
+def open_job_store(path: str | os.PathLike) -> JobStore:
+    """The job store at ``path`` (``--jobs``): a case folder or its ``store-case.json`` gives the
+    case manifest's jobs; any other folder its ``service-jobs.json``; any other file itself."""
+    path = Path(path)
+    if path.name == CASE_FILE or (path.is_dir() and (path / CASE_FILE).is_file()):
+        return CaseJobStore(path)
+    return JobStore(path)
+
+
+def job_store_for(
+    out: str | os.PathLike | None,
+    *,
+    jobs: str | os.PathLike | None = None,
+    case_folder: str | os.PathLike | None = None,
+) -> JobStore:
+    """Where a new job is recorded -- the rule, in this order: ``--jobs PATH`` (see
+    :func:`open_job_store`); ``--case-folder DIR``: DIR's case manifest (made when missing);
+    an output inside a case folder (:func:`case_folder_of`): that case manifest; otherwise
+    ``service-jobs.json`` beside the output."""
+    if jobs is not None and case_folder is not None:
+        raise ServiceRequestError(
+            "--jobs and --case-folder both say where the job is recorded.",
+            subject="vsp service",
+            fix="give one of them.",
+        )
+    if jobs is not None:
+        return open_job_store(jobs)
+    if case_folder is not None:
+        case_folder = Path(case_folder)
+        if case_folder.exists() and not case_folder.is_dir():
+            raise ServiceRequestError(
+                "is not a folder.", subject=str(case_folder), fix="give the case folder (--case-folder DIR)."
+            )
+        return CaseJobStore(case_folder)
+    if out is None:
+        raise ServiceRequestError("no output and no job store.", subject="vsp service", fix="give --out.")
+    folder = case_folder_of(out)
+    if folder is not None:
+        return CaseJobStore(folder)
+    return JobStore(Path(out).resolve().parent)
 
 
 def _without_session(params: dict[str, Any]) -> dict[str, Any]:

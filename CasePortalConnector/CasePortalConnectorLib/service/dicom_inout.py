@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,7 @@ class DicomInOutBackend(Backend):
         """De-identify the source series (local key) and store the copy in the external store."""
         import pydicom
 
+        from ..cases import CaseStore, push_instances
         from ..deid import DeidOptions, deidentify_dataset, identifying_values
         from ..store.download import cache_dir, cached_files, download_series
 
@@ -440,8 +442,25 @@ class DicomInOutBackend(Backend):
         key.save()
         study, series = key.uid(job.study_uid), key.uid(job.series_uid)
         client = self.store
-        with client.translate(f"storing the de-identified series ({len(datasets)} instances)"):
-            client.dicomweb.store_instances(datasets)
+        what = f"storing the de-identified series ({len(datasets)} instances)"
+        # The copies are written once into a private folder (0700) and their bytes posted as
+        # they are (STOW-RS through the store connection's session, in batches), then removed.
+        with tempfile.TemporaryDirectory(prefix=".vsp-deid-") as folder:
+            paths = []
+            for number, ds in enumerate(datasets):
+                path = Path(folder) / f"{number:06d}.dcm"
+                ds.save_as(path)
+                paths.append(path)
+            del datasets
+            with client.translate(what):
+                pushed = push_instances(CaseStore.from_client(client), paths)
+        if pushed["refused"]:
+            raise ServiceError(
+                f"the store the node watches refused {len(pushed['refused'])} of "
+                f"{pushed['instances']} de-identified instances.",
+                subject=client.server,
+                fix="see the store's log; then `vsp service resume` the job.",
+            )
         return {"study_uid": study, "series_uid": series, "deidentified": "yes"}
 
 

@@ -25,6 +25,8 @@ import io
 import json
 import logging
 import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,16 @@ class MonaiLabelClient:
             raise ServiceError("answered PUT /session/ without a session id.", subject=self.subject)
         return data["session_id"]
 
+    def session_exists(self, session_id: str) -> bool:
+        """Whether the server still holds the session (``GET /session/{id}``: 200 yes, 404 no --
+        sessions expire on the server)."""
+        route = "/session/" + urllib.parse.quote(session_id, safe="")
+        try:
+            self.request("GET", route)
+        except ServiceRequestError:  # 404: expired or removed
+            return False
+        return True
+
     def infer(
         self,
         model: str,
@@ -493,6 +505,7 @@ def split_multipart(body: bytes, content_type: str):
 
 class MonaiLabelBackend(Backend):
     name = "monailabel"
+    records_progress = True  # run() records the session id in the job as soon as it exists
 
     def __init__(self, settings: ServiceSettings):
         super().__init__(settings)
@@ -530,14 +543,32 @@ class MonaiLabelBackend(Backend):
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         volume_file: Path | None = None,
+        save_job: Callable[[], None] | None = None,
     ) -> BackendResult:
         model = self.check_model(job.model)  # an unknown model answers 500: find out first
         params = {"result_extension": ".nrrd", "result_dtype": "uint8", **job.params}
         session_id = ""
-        if volume_file is not None and job.params.get("_session"):
+        if job.params.get("_session") and (volume_file is not None or job.session_id):
             # The volume goes once to the server's session store; the infer names the session.
-            session_id = self.client.create_session(volume_file)
-            job.session_id = session_id
+            # A resumed job reuses its session while the server still has it.
+            if job.session_id and self.client.session_exists(job.session_id):
+                session_id = job.session_id
+                log.info("job %s: session %s reused, the volume is not sent again", job.job_id, session_id)
+            elif volume_file is not None:
+                if job.session_id:
+                    log.info(
+                        "job %s: session %s is gone from the server: sent again", job.job_id, job.session_id
+                    )
+                session_id = self.client.create_session(volume_file)
+                job.session_id = session_id
+                if save_job is not None:
+                    save_job()  # recorded before the infer: a restart finds the session
+            else:
+                raise ServiceRequestError(
+                    f"session {job.session_id} is gone from the server and the job has no volume to send again.",
+                    subject=f"job {job.job_id}",
+                    fix="run the infer again with --volume.",
+                )
             volume_file = None
         params.pop("_session", None)
 

@@ -332,6 +332,7 @@ def _execute(app, backend, store, job, *, reference_volume, progress, cancel) ->
             timings["save_s"] = time.monotonic() - began
         job.segments = imported.segments
         job.warnings = imported.warnings
+        job.provenance = dict(imported.provenance)
         job.state = "done"
         store.save(job)
         report(progress, 1.0, f"job {job.job_id} done")
