@@ -245,8 +245,26 @@ class _CutStream:
             sent += len(chunk)
             yield chunk
 
+    @property
+    def _fp(self):  # the standard library's response, read directly by the series stream
+        return _CutReader(self._raw._fp, self._limit)
+
     def __getattr__(self, name):
         return getattr(self._raw, name)
+
+
+class _CutReader:
+    """``readinto`` of an http.client response that breaks off after ``limit`` bytes."""
+
+    def __init__(self, source, limit: int):
+        self._source, self._left = source, limit
+
+    def readinto(self, buffer) -> int:
+        if self._left <= 0:
+            raise ConnectionResetError("simulated network failure")
+        count = self._source.readinto(memoryview(buffer)[: self._left])
+        self._left -= count
+        return count
 
 
 class _FailingAdapter(requests.adapters.HTTPAdapter):
