@@ -568,11 +568,13 @@ def _split_answer(answer: requests.Response, splitter: MultipartSplitter, chunk_
         for chunk in answer.iter_content(chunk_size=chunk_bytes):
             yield from splitter.feed(chunk)
         return
-    reserve = len(splitter.delimiter) + 8
-    buffer = bytearray(chunk_bytes + reserve)
+    buffer = bytearray(chunk_bytes + len(splitter.delimiter))
     view = memoryview(buffer)
     while True:
-        tail = splitter.take_tail()
+        tail = splitter.take_tail()  # a delimiter's length, or a part's headers cut by the read
+        if len(tail) + chunk_bytes > len(buffer):
+            buffer = bytearray(len(tail) + chunk_bytes)
+            view = memoryview(buffer)
         buffer[: len(tail)] = tail
         try:
             count = source.readinto(view[len(tail) :])
