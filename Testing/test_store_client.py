@@ -334,6 +334,23 @@ def test_interrupted_download_resumes_and_is_never_loaded_half(orthanc, sample_s
     assert (counting.series, counting.instances) == (0, 3)
     node, volume = load_cached_series(app.scene, series_folder)
     assert volume.array.shape == (75, 128, 128)
+    # an instance cut short after its name was written (what a power loss can leave: the data
+    # is not fsync'd, the names are): its size is not the recorded one, so the series is not
+    # complete, and a header that still parses does not make it count as cached
+    record = json.loads((series_folder / "series.json").read_text())
+    assert sorted(record["bytes"]) == record["instances"] and len(record["bytes"]) == count
+    victim = series_folder / (record["instances"][5] + ".dcm")
+    assert record["bytes"][record["instances"][5]] == victim.stat().st_size
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(IncompleteSeriesError, match="not the size recorded"):
+        cached_files(series_folder)
+    counting = _FailingAdapter(allowed=10**6)
+    client = _client(orthanc)
+    client.session.mount("http://", counting)
+    result = download_series(client, study, series, tmp_path / "cache")
+    assert (result.fetched, result.reused, counting.instances) == (1, count - 1, 1)
+    assert victim.read_bytes() == whole and len(cached_files(series_folder)) == count
 
 
 def test_download_cut_by_killing_orthanc_resumes_after_restart(orthanc_factory, tmp_path, template_slices):

@@ -217,9 +217,12 @@ def _expected_count(client: StoreClient, study_uid: str, series_uid: str) -> int
     )
 
 
-def _cached_ok(path: Path, sop_uid: str) -> bool:
-    """A cached file that parses and carries the expected SOP Instance UID."""
+def _cached_ok(path: Path, sop_uid: str, size: int | None = None) -> bool:
+    """A cached file that parses and carries the expected SOP Instance UID (and, when the
+    series' record gave it, its recorded size: a file cut by a power loss is fetched again)."""
     try:
+        if size is not None and path.stat().st_size != size:
+            return False
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         return str(ds.SOPInstanceUID) == sop_uid
     except Exception:  # noqa: BLE001 (any damage: fetch it again)
@@ -378,6 +381,7 @@ def download_series(
     clear_stale_partials(folder)  # temporary files of a run that crashed
     expected = _expected_count(client, study_uid, series_uid)
     record = folder / RECORD
+    sizes = _recorded_sizes(record)
     if record.exists():
         record.unlink()  # re-checked below; a series changed in the store must not look whole
     cached = {name for name in os.listdir(folder) if name.endswith(SUFFIX) and not name.startswith(".")}
@@ -445,7 +449,7 @@ def download_series(
             target = folder / (sop_uid + SUFFIX)
             if sop_uid in received or sop_uid in confirmed:
                 return  # sent twice
-            if target.name in cached and target.is_file() and _cached_ok(target, sop_uid):
+            if target.name in cached and _cached_ok(target, sop_uid, sizes.get(sop_uid)):
                 confirmed.add(sop_uid)
                 return  # cached whole by an earlier run
             os.replace(temporary, target)
@@ -522,7 +526,9 @@ def download_series(
     missing = [
         uid
         for uid in uids
-        if uid not in received and uid not in confirmed and not _cached_ok(folder / (uid + SUFFIX), uid)
+        if uid not in received
+        and uid not in confirmed
+        and not _cached_ok(folder / (uid + SUFFIX), uid, sizes.get(uid))
     ]
     if missing:
         planned["count"] = counter["done"] + len(missing)
@@ -566,9 +572,39 @@ def download_series(
     )
 
 
+def _recorded_sizes(record: Path) -> dict[str, int]:
+    """The instance sizes kept in a series record (empty when there is none or it is older)."""
+    try:
+        sizes = json.loads(record.read_text(encoding="utf-8")).get("bytes") or {}
+        return {str(uid): int(size) for uid, size in sizes.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def _write_record(folder: Path, study_uid: str, series_uid: str, uids: Sequence[str]) -> None:
+    """Mark the series complete, with every instance's size.
+
+    Durability: the instances are not fsync'd one by one (0.06-0.25 s more for the full
+    series here, as much as the download); the folder is fsync'd once before the record is
+    written, so the names are on disk. A process that crashes loses nothing written (the page
+    cache keeps it); after a power loss an instance's data may be shorter than its name says:
+    the sizes in the record make :func:`cached_files` refuse such a series and the next
+    download fetch those instances again."""
+    ordered = sorted(uids)
+    sizes = {uid: (folder / (uid + SUFFIX)).stat().st_size for uid in ordered}
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
     text = json.dumps(
-        {"study_uid": study_uid, "series_uid": series_uid, "instances": sorted(uids), "count": len(uids)},
+        {
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "instances": ordered,
+            "count": len(ordered),
+            "bytes": sizes,
+        },
         indent=1,
     )
     temporary = folder / f"{partial_prefix()}{RECORD}"
@@ -589,10 +625,20 @@ def cached_files(folder: str | os.PathLike) -> list[Path]:
         )
     data = json.loads(record.read_text(encoding="utf-8"))
     files = [folder / (check_uid(uid, "cached instance") + SUFFIX) for uid in data["instances"]]
-    absent = [path for path in files if not path.is_file()]
-    if absent or len(files) != data["count"]:
+    sizes = data.get("bytes") or {}
+    absent, cut = [], []
+    for uid, path in zip(data["instances"], files, strict=True):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            absent.append(path)
+            continue
+        if uid in sizes and sizes[uid] != size:
+            cut.append(path)
+    if absent or cut or len(files) != data["count"]:
         raise IncompleteSeriesError(
-            f"{len(absent)} of {data['count']} cached instances are missing.",
+            f"{len(absent)} of {data['count']} cached instances are missing"
+            + (f" and {len(cut)} are not the size recorded (cut by a power loss?)." if cut else "."),
             subject=str(folder),
             fix="Run `vsp store open` again: it fetches the missing instances.",
         )
