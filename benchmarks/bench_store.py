@@ -14,7 +14,7 @@ worklist.
    Each run's files are deleted and ``sync``ed before the next timed run (see ``_remove``).
 2. Worklist: ``--studies`` tiny studies (one 8 x 8 slice each) are uploaded; then a search over
    all of them in one page, a 25-study page with planning states, and a filtered search are
-   timed.
+   timed, each ``--repeats`` times (best and median reported).
 
     python benchmarks/bench_store.py --size full --parallel 4 --studies 1000
 """

@@ -8,14 +8,17 @@ checked (digits and dots), never a name chosen by the server.
 
 When at least half of the series is missing (a first download), the whole series comes in one
 WADO-RS request whose multipart answer is split as it streams: each part is written to a
-temporary file, parsed, checked (its Series and Study UIDs are the requested ones, its SOP
-Instance UID one the store listed and still missing) and renamed to ``<SOP UID>.dcm`` — the UID
-parsed from the instance itself. What the stream did not bring whole (cut off, or a store that
+temporary file (created ahead by a thread), checked (its Series and Study UIDs are the requested
+ones, its SOP Instance UID a valid UID; the UIDs read by :func:`scan_uids` from its first bytes,
+pydicom where the scan cannot decide) and renamed to ``<SOP UID>.dcm`` — the UID parsed from the
+instance itself. What the stream did not bring whole (cut off, or a store that
 cannot send a series) and smaller resumes are fetched one instance per request, several in
 parallel, checked the same way (the SOP UID is the one asked). Bytes are written as the store
 sent them (no re-encoding), and every file under its final name is whole. When every instance the store lists is
 present — and their number equals the store's NumberOfSeriesRelatedInstances — a
-``series.json`` record is written last; a series folder without it is partial. An interrupted
+``series.json`` record (with every instance's size) is written last, after one fsync of the
+folder; a series folder without it is partial, and one whose files are not the recorded sizes
+(a power loss: the data itself is not fsync'd) is incomplete. An interrupted
 download resumes: the next run fetches only the missing instances. :func:`load_cached_series`
 refuses a partial series.
 """
