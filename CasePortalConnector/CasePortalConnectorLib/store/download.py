@@ -264,7 +264,7 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _NOT_SCANNED = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
 
 
-class _Unscanned(Exception):
+class _Unscanned(ValueError):
     """The bytes end before the header does, or use an encoding the scan does not read."""
 
 
@@ -349,7 +349,7 @@ def scan_uids(data) -> dict[str, str] | None:
             return None
         found: dict[str, str] = {}
         _walk(data, pos, syntax == _IMPLICIT_LE, found)
-    except (_Unscanned, ValueError, struct.error):
+    except (ValueError, struct.error):  # _Unscanned included
         return None  # pydicom decides (it reads what the scan does not, or reports the damage)
     return found
 
