@@ -11,6 +11,7 @@ to do, with the `vsp` exit code of its class (:mod:`VSPCoreLib.errors`).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import threading
 import time
@@ -428,14 +429,13 @@ class StoreClient:
             answer.raise_for_status()
         try:
             splitter = MultipartSplitter(_boundary(answer, self.server, f"series {series_uid}"))
-            for chunk in answer.iter_content(chunk_size=chunk_bytes):
-                try:
-                    yield from splitter.feed(chunk)
-                except ValueError as error:
-                    raise ServerResponseError(
-                        f"The store's answer for series {series_uid} is not valid multipart: {error}.",
-                        subject=self.server,
-                    ) from None
+            try:
+                yield from _split_answer(answer, splitter, chunk_bytes)
+            except ValueError as error:
+                raise ServerResponseError(
+                    f"The store's answer for series {series_uid} is not valid multipart: {error}.",
+                    subject=self.server,
+                ) from None
             if not splitter.finished:
                 raise requests.exceptions.ChunkedEncodingError("the answer ended inside a part")
         finally:
@@ -556,6 +556,38 @@ def _boundary(answer: requests.Response, server: str, what: str) -> bytes:
     return boundary.encode("ascii", "replace")
 
 
+def _split_answer(answer: requests.Response, splitter: MultipartSplitter, chunk_bytes: int):
+    """Feed a streamed answer's body to ``splitter``. An answer sent as it is (no
+    Content-Encoding, as asked) is read straight from the standard library's HTTP response into
+    one reused buffer (``readinto``: no new memory per piece, no copy; the kernel's page faults
+    for fresh buffers cost more than the copies themselves); an encoded one through requests,
+    which decodes it."""
+    source = getattr(answer.raw, "_fp", None)  # urllib3's http.client.HTTPResponse
+    encoded = answer.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    if encoded or not hasattr(source, "readinto"):
+        for chunk in answer.iter_content(chunk_size=chunk_bytes):
+            yield from splitter.feed(chunk)
+        return
+    buffer = bytearray(chunk_bytes + len(splitter.delimiter))
+    view = memoryview(buffer)
+    while True:
+        tail = splitter.take_tail()  # a delimiter's length, or a part's headers cut by the read
+        if len(tail) + chunk_bytes > len(buffer):
+            buffer = bytearray(len(tail) + chunk_bytes)
+            view = memoryview(buffer)
+        buffer[: len(tail)] = tail
+        try:
+            count = source.readinto(view[len(tail) :])
+        except TimeoutError as error:
+            raise requests.exceptions.ReadTimeout(str(error)) from None
+        except (OSError, http.client.HTTPException) as error:  # reset, IncompleteRead, ...
+            raise requests.exceptions.ChunkedEncodingError(f"{type(error).__name__}: {error}") from None
+        if not count:
+            splitter.take_tail()
+            return
+        yield from splitter.feed_buffer(buffer, len(tail) + count)
+
+
 class MultipartSplitter:
     """Splits a multipart body (RFC 2046) fed in pieces into events: ``("part", headers)``
     (lower-case names), ``("data", memoryview)`` (valid until the next event is asked for),
@@ -571,15 +603,30 @@ class MultipartSplitter:
 
     def feed(self, chunk: bytes):
         data = self._tail + chunk if self._tail else bytes(chunk)
+        return self._split(data, len(data))
+
+    def feed_buffer(self, buffer: bytearray, size: int):
+        """Like :meth:`feed`, without copying: ``buffer[:size]`` holds the kept tail
+        (:meth:`take_tail`, put there by the caller) followed by the new bytes. The slices given
+        are views of ``buffer``: valid until the caller refills it."""
+        return self._split(buffer, size)
+
+    def take_tail(self) -> bytes:
+        """The bytes kept from the last piece (they begin the next one); at most the
+        delimiter's length."""
+        tail, self._tail = self._tail, b""
+        return tail
+
+    def _split(self, data, end: int):
         view = memoryview(data)
         delimiter = self.delimiter
         keep = len(delimiter) - 1  # bytes that may begin a delimiter the next piece completes
         pos = 0
         while True:
             if self._state in ("preamble", "body"):
-                at = data.find(delimiter, pos)
+                at = data.find(delimiter, pos, end)
                 if at < 0:
-                    safe = max(pos, len(data) - keep)
+                    safe = max(pos, end - keep)
                     if self._state == "body" and safe > pos:
                         yield "data", view[pos:safe]
                     pos = safe
@@ -591,26 +638,26 @@ class MultipartSplitter:
                 pos = at + len(delimiter)
                 self._state = "delimiter"
             elif self._state == "delimiter":
-                if len(data) - pos < 2:
+                if end - pos < 2:
                     break
                 if data[pos : pos + 2] == b"--":
                     self._state, self.finished = "epilogue", True
                     continue
-                line_end = data.find(b"\r\n", pos)  # transport padding up to the line end
+                line_end = data.find(b"\r\n", pos, end)  # transport padding up to the line end
                 if line_end < 0:
                     break
                 pos = line_end + 2
                 self._state = "headers"
             elif self._state == "headers":
-                if data[pos : pos + 2] == b"\r\n":
+                if end - pos >= 2 and data[pos : pos + 2] == b"\r\n":
                     block, skip = b"", pos + 2
                 else:
-                    at = data.find(b"\r\n\r\n", pos)
+                    at = data.find(b"\r\n\r\n", pos, end)
                     if at < 0:
-                        if len(data) - pos > 65536:
+                        if end - pos > 65536:
                             raise ValueError("a multipart part's headers exceed 64 KiB")
                         break
-                    block, skip = data[pos:at], at + 4
+                    block, skip = bytes(data[pos:at]), at + 4
                 pos = skip
                 headers = {}
                 for line in block.split(b"\r\n") if block else ():
@@ -620,9 +667,9 @@ class MultipartSplitter:
                 self._state = "body"
                 yield "part", headers
             else:  # the epilogue is ignored
-                pos = len(data)
+                pos = end
                 break
-        self._tail = data[pos:]
+        self._tail = bytes(data[pos:end])
 
 
 def _single_part(answer: requests.Response, server: str, sop_uid: str) -> bytes:

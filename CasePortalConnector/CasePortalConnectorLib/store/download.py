@@ -8,14 +8,17 @@ checked (digits and dots), never a name chosen by the server.
 
 When at least half of the series is missing (a first download), the whole series comes in one
 WADO-RS request whose multipart answer is split as it streams: each part is written to a
-temporary file, parsed, checked (its Series and Study UIDs are the requested ones, its SOP
-Instance UID one the store listed and still missing) and renamed to ``<SOP UID>.dcm`` — the UID
-parsed from the instance itself. What the stream did not bring whole (cut off, or a store that
+temporary file (created ahead by a thread), checked (its Series and Study UIDs are the requested
+ones, its SOP Instance UID a valid UID; the UIDs read by :func:`scan_uids` from its first bytes,
+pydicom where the scan cannot decide) and renamed to ``<SOP UID>.dcm`` — the UID parsed from the
+instance itself. What the stream did not bring whole (cut off, or a store that
 cannot send a series) and smaller resumes are fetched one instance per request, several in
 parallel, checked the same way (the SOP UID is the one asked). Bytes are written as the store
 sent them (no re-encoding), and every file under its final name is whole. When every instance the store lists is
 present — and their number equals the store's NumberOfSeriesRelatedInstances — a
-``series.json`` record is written last; a series folder without it is partial. An interrupted
+``series.json`` record (with every instance's size) is written last, after one fsync of the
+folder; a series folder without it is partial, and one whose files are not the recorded sizes
+(a power loss: the data itself is not fsync'd) is incomplete. An interrupted
 download resumes: the next run fetches only the missing instances. :func:`load_cached_series`
 refuses a partial series.
 """
@@ -27,7 +30,9 @@ import io
 import json
 import logging
 import os
+import queue
 import stat
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +44,7 @@ import pydicom
 import requests
 
 from VSPCoreLib.errors import ServerResponseError, ServerUnreachableError
-from VSPCoreLib.files import partial_prefix
+from VSPCoreLib.files import clear_stale_partials, partial_prefix
 from VSPCoreLib.progress import ProgressCallback, report
 
 from ..errors import ConnectorError
@@ -58,6 +63,75 @@ SERIES_REQUEST_FRACTION = 0.5
 
 #: The first bytes of each received instance are kept to parse its header without reading it back.
 HEAD_BYTES = 64 * 1024
+
+#: Read size of the series stream (the socket is read in pieces of this size).
+STREAM_CHUNK_BYTES = 1 << 20
+
+
+class _TemporaryFiles:
+    """Empty temporary files for the coming parts of a series stream, created ahead by a thread.
+
+    Creating a file costs this filesystem 0.2-0.7 ms (its journal; more while other work writes),
+    0.1-0.2 s for 300 instances: more than half the series request's time when done between two
+    reads. A thread creates them while the stream is read (it only waits in ``open``, so it
+    does not hold the GIL the reading thread needs). Each is private (0600), created exclusively
+    under this process's partial prefix; those not used are removed by :meth:`close` (and, after
+    a crash, by the next run's ``clear_stale_partials``)."""
+
+    FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+    def __init__(self, folder: Path, prefix: str, count: int):
+        self.folder, self.prefix, self.count = folder, prefix, count
+        self.taken = 0
+        self.ready: queue.SimpleQueue = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._create, name="vsp-cache-files", daemon=True)
+        self.thread.start()
+
+    def _open(self, index: int) -> tuple[Path, int]:
+        path = self.folder / f"{self.prefix}part-{index}{SUFFIX}"
+        return path, os.open(path, self.FLAGS, 0o600)
+
+    def _create(self) -> None:
+        try:
+            for index in range(self.count):
+                if self.stopping.is_set():
+                    break
+                self.ready.put(self._open(index))
+        except OSError as error:
+            self.ready.put(error)
+        self.ready.put(None)
+
+    def take(self) -> tuple[Path, int]:
+        """The next temporary file (path, open descriptor); made here once the thread is done."""
+        self.taken += 1
+        if self.taken <= self.count:
+            item = self.ready.get()
+            if isinstance(item, OSError):
+                raise item
+            if item is not None:
+                return item
+            self.count = 0  # the thread stopped early: make them here from now on
+        return self._open(self.count + self.taken)
+
+    def close(self) -> None:
+        """Stop the thread and remove the files not used."""
+        self.stopping.set()
+        self.thread.join()
+        while True:
+            try:
+                item = self.ready.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                os.close(item[1])
+                item[0].unlink(missing_ok=True)
+
+
+def _write_all(descriptor: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
 
 
 class IncompleteSeriesError(ConnectorError):
@@ -146,9 +220,12 @@ def _expected_count(client: StoreClient, study_uid: str, series_uid: str) -> int
     )
 
 
-def _cached_ok(path: Path, sop_uid: str) -> bool:
-    """A cached file that parses and carries the expected SOP Instance UID."""
+def _cached_ok(path: Path, sop_uid: str, size: int | None = None) -> bool:
+    """A cached file that parses and carries the expected SOP Instance UID (and, when the
+    series' record gave it, its recorded size: a file cut by a power loss is fetched again)."""
     try:
+        if size is not None and path.stat().st_size != size:
+            return False
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         return str(ds.SOPInstanceUID) == sop_uid
     except Exception:  # noqa: BLE001 (any damage: fetch it again)
@@ -156,14 +233,137 @@ def _cached_ok(path: Path, sop_uid: str) -> bool:
 
 
 def _parse_header(head: bytes, path: Path):
-    """The header of a received instance: from its first bytes when they reach the Pixel Data
-    tag (no second read), else from the file."""
+    """The header of a received instance with pydicom: from its first bytes when they reach the
+    Pixel Data tag (no second read), else from the file. The fallback of :func:`scan_uids`."""
     try:
         if b"\xe0\x7f\x10\x00" in head:
             return pydicom.dcmread(io.BytesIO(head), stop_before_pixels=True)
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 (the caller reports an unreadable instance)
         return None
+
+
+def _parse_bytes(data):
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 (the caller reports an unreadable instance)
+        return None
+
+
+# --- a minimal header scan: the three UIDs a received instance is checked and named by -------
+_SOP, _SERIES, _STUDY, _PIXEL_DATA = 0x00080018, 0x0020000E, 0x0020000D, 0x7FE00010
+_WANTED = {_SOP: "SOPInstanceUID", _SERIES: "SeriesInstanceUID", _STUDY: "StudyInstanceUID"}
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+#: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+#: Encodings the scan leaves to pydicom: explicit big endian, deflated (the dataset is zipped).
+_NOT_SCANNED = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
+
+
+class _Unscanned(ValueError):
+    """The bytes end before the header does, or use an encoding the scan does not read."""
+
+
+def _element(data, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None, value start, value length) of the element at ``pos``."""
+    if pos + 8 > len(data):
+        raise _Unscanned
+    group, number = struct.unpack_from("<HH", data, pos)
+    tag = group << 16 | number
+    if group == 0xFFFE or implicit:  # item tags carry no VR in either encoding
+        return tag, None, pos + 8, struct.unpack_from("<I", data, pos + 4)[0]
+    vr = bytes(data[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > len(data):
+            raise _Unscanned
+        return tag, vr, pos + 12, struct.unpack_from("<I", data, pos + 8)[0]
+    if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+        raise ValueError("not a VR")
+    return tag, vr, pos + 8, struct.unpack_from("<H", data, pos + 6)[0]
+
+
+def _walk(data, pos: int, implicit: bool, found: dict | None) -> int:
+    """Walk a dataset from ``pos``: the top level (``found`` a dict) up to the Pixel Data tag,
+    collecting the wanted UIDs; an item (``found`` None) up to its delimiter. Returns the
+    position where it stopped."""
+    previous = -1
+    while True:
+        tag, vr, start, length = _element(data, pos, implicit)
+        if found is None and tag == _ITEM_END:
+            return start
+        if found is not None and tag == _PIXEL_DATA:
+            return pos
+        if tag >> 16 == 0xFFFE or tag <= previous:
+            raise ValueError("elements out of order")
+        previous = tag
+        if length == _UNDEFINED:
+            if vr not in (b"SQ", None):  # UN of undefined length nests implicit VR: not scanned
+                raise _Unscanned
+            pos = _skip_sequence(data, start, implicit)
+            continue
+        pos = start + length
+        if found is not None and tag in _WANTED:
+            if pos > len(data):
+                raise _Unscanned
+            found[_WANTED[tag]] = bytes(data[start:pos]).rstrip(b"\0 ").decode("latin-1")
+
+
+def _skip_sequence(data, pos: int, implicit: bool) -> int:
+    while True:
+        tag, _, start, length = _element(data, pos, implicit)
+        if tag == _SEQUENCE_END:
+            return start
+        if tag != _ITEM:
+            raise ValueError("a sequence holds something other than items")
+        pos = start + length if length != _UNDEFINED else _walk(data, start, implicit, None)
+
+
+def scan_uids(data) -> dict[str, str] | None:
+    """The SOP Instance, Series and Study Instance UIDs of a DICOM Part 10 instance from its
+    first bytes, without pydicom (a few microseconds instead of a full header parse): the file
+    meta is read for the transfer syntax, then every element of the dataset up to the Pixel Data
+    is walked (sequences and items included, defined or undefined length, explicit or implicit
+    VR little endian), so that a damaged header is noticed as pydicom would. Returns the UIDs
+    found (a missing one is absent; an empty one is ""), or None when the bytes end before the
+    header does or use an encoding left to pydicom (big endian, deflated, no preamble, an UN of
+    undefined length) or anything unexpected (elements out of order, a byte pair that is not a
+    VR): the caller then parses with pydicom, so the scan never accepts what pydicom refuses
+    nor refuses what it reads."""
+    data = memoryview(data)
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    pos, syntax = 132, None
+    try:
+        while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":  # file meta: group 2
+            tag, _, start, length = _element(data, pos, False)
+            if length == _UNDEFINED:
+                return None
+            pos = start + length
+            if tag == 0x00020010:
+                syntax = bytes(data[start:pos]).rstrip(b"\0 ").decode("latin-1")
+        if syntax is None or syntax in _NOT_SCANNED or pos + 8 > len(data):
+            return None
+        found: dict[str, str] = {}
+        _walk(data, pos, syntax == _IMPLICIT_LE, found)
+    except (ValueError, struct.error):  # _Unscanned included
+        return None  # pydicom decides (it reads what the scan does not, or reports the damage)
+    return found
+
+
+def _header_uids(head, path: Path | None) -> dict[str, str] | None:
+    """The UIDs of a received instance: the scan of its first bytes, else pydicom's parse; None
+    when it is not readable DICOM."""
+    found = scan_uids(head)
+    if found is not None:
+        return found
+    ds = _parse_header(bytes(head), path) if path is not None else _parse_bytes(head)
+    if ds is None:
+        return None
+    return {name: str(ds[name].value or "") for name in _WANTED.values() if name in ds}
 
 
 def download_series(
@@ -181,11 +381,14 @@ def download_series(
     start = time.monotonic()
     folder = series_folder(private_folder(cache), study_uid, series_uid)
     private_folder(folder)
+    clear_stale_partials(folder)  # temporary files of a run that crashed
     expected = _expected_count(client, study_uid, series_uid)
     record = folder / RECORD
+    sizes = _recorded_sizes(record)
     if record.exists():
         record.unlink()  # re-checked below; a series changed in the store must not look whole
-    present = sum(1 for path in folder.glob("*" + SUFFIX) if not path.name.startswith("."))
+    cached = {name for name in os.listdir(folder) if name.endswith(SUFFIX) and not name.startswith(".")}
+    present = len(cached)
     counter = {"done": 0, "bytes": 0, "series_requests": 0, "instance_requests": 0}
     lock = threading.Lock()
     received: set[str] = set()  # SOP UIDs written by this run
@@ -193,12 +396,12 @@ def download_series(
     planned = {"count": max(0, (expected or 0) - present)}
     prefix = partial_prefix()  # asks for the host name: once
 
-    def check(sop_uid: str | None, ds) -> str:
-        """The SOP UID of a received instance after the checks (``sop_uid``: the one asked)."""
-        try:
-            got = (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID))
-        except Exception:  # noqa: BLE001 (whatever the parser says: not a usable instance)
-            got = None
+    def check(sop_uid: str | None, uids: dict[str, str] | None) -> str:
+        """The SOP UID of a received instance after the checks (``sop_uid``: the one asked;
+        ``uids``: what :func:`_header_uids` read from it)."""
+        got = None
+        if uids is not None and all(name in uids for name in _WANTED.values()):
+            got = (uids["SOPInstanceUID"], uids["SeriesInstanceUID"], uids["StudyInstanceUID"])
         subject = f"Instance {sop_uid}" if sop_uid else f"Series {series_uid}"
         if got is None:
             raise ConnectorError(
@@ -228,7 +431,7 @@ def download_series(
             counter["instance_requests"] += 1
         data = client.retrieve_instance_bytes(study_uid, series_uid, sop_uid)
         temporary = folder / f"{prefix}{sop_uid}{SUFFIX}"
-        check(sop_uid, _parse_header(data, temporary))
+        check(sop_uid, _header_uids(data, None))
         try:
             temporary.write_bytes(data)
             os.replace(temporary, folder / (sop_uid + SUFFIX))
@@ -236,7 +439,7 @@ def download_series(
             temporary.unlink(missing_ok=True)
         arrived(sop_uid, len(data))
 
-    def finish(temporary: Path, head: bytes, size: int, declared: str | None) -> None:
+    def finish(temporary: Path, head, size: int, declared: str | None) -> None:
         """Check a part written to ``temporary`` and give it its name (or drop it)."""
         try:
             if declared is not None and declared.strip().isdigit() and int(declared) != size:
@@ -245,52 +448,49 @@ def download_series(
                     subject=f"Series {series_uid}",
                     fix="Try again; report it to the store's administrator if it persists.",
                 )
-            sop_uid = check(None, _parse_header(head, temporary))
+            sop_uid = check(None, _header_uids(head, temporary))
             target = folder / (sop_uid + SUFFIX)
             if sop_uid in received or sop_uid in confirmed:
                 return  # sent twice
-            if target.is_file() and _cached_ok(target, sop_uid):
-                with lock:
-                    confirmed.add(sop_uid)
+            if target.name in cached and _cached_ok(target, sop_uid, sizes.get(sop_uid)):
+                confirmed.add(sop_uid)
                 return  # cached whole by an earlier run
             os.replace(temporary, target)
+            temporary = None
             arrived(sop_uid, size)
         finally:
-            temporary.unlink(missing_ok=True)
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
 
     def stream() -> None:
         """The whole series in one request: each part is written to a temporary file as it
-        arrives; another thread checks it and renames it to its SOP UID (parsed from the part,
-        never a name from the server). Instances already cached whole are not replaced."""
+        arrives (unbuffered ``os.write`` of the splitter's slices: no copy of the body in
+        Python), then checked (its UIDs scanned from its first bytes) and renamed to its SOP UID
+        (parsed from the part, never a name from the server). Instances already cached whole
+        are not replaced. All in this thread: a second thread parsing headers made the reading
+        thread wait for the GIL after every system call (measured: slower, not faster)."""
         counter["series_requests"] += 1
-        handle, head, size, declared, temporary = None, bytearray(), 0, None, None
-        finishing = []
-        with ThreadPoolExecutor(max_workers=1) as finisher:
-            try:
-                for event, value in client.stream_series(study_uid, series_uid):
-                    if event == "data":
-                        handle.write(value)
-                        if len(head) < HEAD_BYTES:
-                            head += value[: HEAD_BYTES - len(head)]
-                        size += len(value)
-                    elif event == "part":
-                        temporary = folder / f"{prefix}part-{len(finishing)}{SUFFIX}"
-                        handle = open(temporary, "wb")  # noqa: SIM115 (closed at "end" or below)
-                        head, size, declared = bytearray(), 0, value.get("content-length")
-                    else:
-                        handle.close()
-                        handle = None
-                        finishing.append(finisher.submit(finish, temporary, bytes(head), size, declared))
-                        if finishing[-1].done() and finishing[-1].exception() is not None:
-                            break  # a bad instance: stop reading
-            finally:
-                if handle is not None:
-                    handle.close()
-                    temporary.unlink(missing_ok=True)
-                wait(finishing)
-                for future in finishing:
-                    if future.exception() is not None:
-                        raise future.exception()
+        descriptor, head, size, declared, temporary = None, bytearray(), 0, None, None
+        files = _TemporaryFiles(folder, prefix, planned["count"])
+        try:
+            for event, value in client.stream_series(study_uid, series_uid, chunk_bytes=STREAM_CHUNK_BYTES):
+                if event == "data":
+                    _write_all(descriptor, value)
+                    if len(head) < HEAD_BYTES:
+                        head += value[: HEAD_BYTES - len(head)]
+                    size += len(value)
+                elif event == "part":
+                    temporary, descriptor = files.take()
+                    head, size, declared = bytearray(), 0, value.get("content-length")
+                else:
+                    os.close(descriptor)
+                    descriptor = None
+                    finish(temporary, head, size, declared)
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+                temporary.unlink(missing_ok=True)
+            files.close()
 
     workers = max(1, workers or client.settings.parallel)
     uids = None
@@ -329,7 +529,9 @@ def download_series(
     missing = [
         uid
         for uid in uids
-        if uid not in received and uid not in confirmed and not _cached_ok(folder / (uid + SUFFIX), uid)
+        if uid not in received
+        and uid not in confirmed
+        and not _cached_ok(folder / (uid + SUFFIX), uid, sizes.get(uid))
     ]
     if missing:
         planned["count"] = counter["done"] + len(missing)
@@ -373,9 +575,39 @@ def download_series(
     )
 
 
+def _recorded_sizes(record: Path) -> dict[str, int]:
+    """The instance sizes kept in a series record (empty when there is none or it is older)."""
+    try:
+        sizes = json.loads(record.read_text(encoding="utf-8")).get("bytes") or {}
+        return {str(uid): int(size) for uid, size in sizes.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def _write_record(folder: Path, study_uid: str, series_uid: str, uids: Sequence[str]) -> None:
+    """Mark the series complete, with every instance's size.
+
+    Durability: the instances are not fsync'd one by one (0.06-0.25 s more for the full
+    series here, as much as the download); the folder is fsync'd once before the record is
+    written, so the names are on disk. A process that crashes loses nothing written (the page
+    cache keeps it); after a power loss an instance's data may be shorter than its name says:
+    the sizes in the record make :func:`cached_files` refuse such a series and the next
+    download fetch those instances again."""
+    ordered = sorted(uids)
+    sizes = {uid: (folder / (uid + SUFFIX)).stat().st_size for uid in ordered}
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
     text = json.dumps(
-        {"study_uid": study_uid, "series_uid": series_uid, "instances": sorted(uids), "count": len(uids)},
+        {
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "instances": ordered,
+            "count": len(ordered),
+            "bytes": sizes,
+        },
         indent=1,
     )
     temporary = folder / f"{partial_prefix()}{RECORD}"
@@ -396,10 +628,20 @@ def cached_files(folder: str | os.PathLike) -> list[Path]:
         )
     data = json.loads(record.read_text(encoding="utf-8"))
     files = [folder / (check_uid(uid, "cached instance") + SUFFIX) for uid in data["instances"]]
-    absent = [path for path in files if not path.is_file()]
-    if absent or len(files) != data["count"]:
+    sizes = data.get("bytes") or {}
+    absent, cut = [], []
+    for uid, path in zip(data["instances"], files, strict=True):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            absent.append(path)
+            continue
+        if uid in sizes and sizes[uid] != size:
+            cut.append(path)
+    if absent or cut or len(files) != data["count"]:
         raise IncompleteSeriesError(
-            f"{len(absent)} of {data['count']} cached instances are missing.",
+            f"{len(absent)} of {data['count']} cached instances are missing"
+            + (f" and {len(cut)} are not the size recorded (cut by a power loss?)." if cut else "."),
             subject=str(folder),
             fix="Run `vsp store open` again: it fetches the missing instances.",
         )
