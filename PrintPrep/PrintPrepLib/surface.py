@@ -323,9 +323,12 @@ def part_surface(
     tried = []
     while True:
         mesh = _converted(labelmap, factor, options, subject=subject)
+        if options.supersampling != "auto":  # the user's factor: no volume check here
+            tried.append({"supersampling": factor})
+            break
         difference = 100.0 * (abs(float(mesh.volume)) - labelmap.volume_mm3) / labelmap.volume_mm3
         tried.append({"supersampling": factor, "volume_difference_percent": round(difference, 3)})
-        if options.supersampling != "auto" or abs(difference) <= float(options.auto_volume_percent):
+        if abs(difference) <= float(options.auto_volume_percent):
             break
         finer = _next_auto_factor(labelmap, factor)
         if finer is None:
