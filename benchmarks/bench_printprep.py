@@ -8,7 +8,8 @@ once per grid (seed 3) into ``--cases DIR`` and reused by every stage and run:
   3MF, GLB, the scene bundle (.mrb, with the CT) and the device record, without PrusaSlicer.
   Target: <= 15 s. ``full_slice``: the same with PrusaSlicer's slicing estimate of every part
   (an optional step; its processes run beside the other exports). The parts' fidelity (P95
-  distance, volume difference) is reported with them.
+  distance, volume difference) is reported with them, with the supersampling factors that
+  ``auto`` tried for each part and the volume difference of each.
 - ``surface``: labelmap -> closed surface of one segment (the tumour), same parameters
   (smoothing 0.15, no decimation, no supersampling): ours (``part_labelmap`` + ``part_surface``:
   reading the mask, cropping, Slicer's converter) against Slicer's bare converter
@@ -65,6 +66,14 @@ def _load(cases: Path, grid: str):
     return app, load_sample_case(app, _case_dir(cases, grid))
 
 
+def _surface_step(result, name: str) -> dict:
+    return next(
+        s
+        for s in result.record["processing"]
+        if s.get("part") == name and s["step"] == "labelmap to closed surface"
+    )
+
+
 def stage_full(cases: Path, grid: str, slice_: bool) -> dict:
     from PrintPrepLib.pipeline import KIDNEY_TUMOUR_PARTS_LEFT, PrintOptions, prepare_print
 
@@ -92,11 +101,13 @@ def stage_full(cases: Path, grid: str, slice_: bool) -> dict:
                 "p95_limit_mm": p["fidelity"]["tolerance"]["p95_distance_mm"],
                 "volume_difference_percent": p["fidelity"]["volume_difference_percent"],
                 "passed": p["fidelity"]["passed"],
-                "supersampling": next(
-                    s["parameters"]["supersampling"]
-                    for s in result.record["processing"]
-                    if s.get("part") == p["name"] and s["step"] == "labelmap to closed surface"
-                ),
+                "supersampling": _surface_step(result, p["name"])["parameters"]["supersampling"],
+                # Automatic supersampling: every factor tried and its volume difference (%)
+                # before repair.
+                "supersampling_tried": [
+                    [t["supersampling"], t.get("volume_difference_percent")]
+                    for t in _surface_step(result, p["name"])["tried"]
+                ],
             }
             for p in result.parts
         },
