@@ -204,6 +204,73 @@ def test_wall_thickness_of_a_hollow_sphere_is_its_wall():
     assert report["passes"]
 
 
+def test_drain_hole_rims_do_not_fail_a_hollowed_sphere_with_a_2mm_wall():
+    centre = np.array([6.0, -4.0, 11.0])
+    drained, hollowed = hollow(sphere(18.0, centre, 4), 2.0, drain_holes=2, drain_diameter_mm=3.5)
+    holes = [{**hole, "wall_mm": 2.0} for hole in hollowed["drain_holes"]]
+    # A 2 mm wall passes the pipeline's rule for a 0.8 mm printer minimum.
+    _, report = wall_thickness(drained, 0.8, drain_holes=holes, min_region_area_mm2=4.0)
+    assert report["passes"] and report["counted_thin_area_mm2"] == 0
+    assert report["median_thickness_mm"] == pytest.approx(2.0, abs=0.15)
+    # Against a 1.6 mm minimum, counting every thin face, only the rims (the sharp edges where
+    # the holes meet the wall) are thin, and they fail it ...
+    _, strict = wall_thickness(drained, 1.6)
+    assert not strict["passes"] and strict["min_thickness_mm"] < 1.6 and strict["thin_regions"]
+    for region in strict["thin_regions"]:
+        nearest = min(np.linalg.norm(np.subtract(region["centre_ras_mm"], h["centre_ras_mm"])) for h in holes)
+        assert nearest < 1.75 + 2.0  # every thin place is at a hole
+    # ... and with the holes' rims excluded (no area rule) it passes; still reported, not hidden.
+    _, rims = wall_thickness(drained, 1.6, drain_holes=holes)
+    assert rims["passes"] and rims["counted_thin_area_mm2"] == 0
+    assert rims["ignored"]["drain_hole_rims_mm2"] == pytest.approx(strict["thin_area_mm2"], rel=1e-6)
+    assert rims["thin_area_mm2"] == strict["thin_area_mm2"] > 0
+    assert all(region["ignored_because"] == "drain-hole rim" for region in rims["thin_regions"])
+
+
+def test_a_real_thin_region_of_150mm2_still_fails_and_tiny_slivers_do_not():
+    model = plate_model()  # the 0.8 mm plate: two broad faces of 76 mm² each, 152 mm² thin
+    far_hole = {
+        "centre_ras_mm": [-25.0, 48.0, -12.0],
+        "axis_ras": [0, 0, 1],
+        "diameter_mm": 3.0,
+        "wall_mm": 2.0,
+    }
+    _, report = wall_thickness(model, 1.0, min_region_area_mm2=4.0, drain_holes=[far_hole])
+    assert not report["passes"]
+    assert report["counted_thin_area_mm2"] == pytest.approx(2 * 9.5 * 8, rel=0.02)
+    counted = [region for region in report["thin_regions"] if region["counted"]]
+    assert len(counted) == 2
+    for region in counted:
+        assert region["min_thickness_mm"] == pytest.approx(0.8, abs=0.01)
+        assert region["centre_ras_mm"][0] == pytest.approx(-30 + 24.75, abs=0.5)
+        assert region["centre_ras_mm"][2] == pytest.approx(-12 + 5.0, abs=0.5)
+    # A region larger than the plate's faces is needed to ignore them: the rule is an area.
+    _, lenient = wall_thickness(model, 1.0, min_region_area_mm2=80.0)
+    assert lenient["passes"] and lenient["ignored"]["small_regions"] == 2
+    assert lenient["ignored"]["small_regions_mm2"] == pytest.approx(2 * 9.5 * 8, rel=0.02)
+    # A hole whose rim takes in the plate's +R end excludes only the faces inside its rim.
+    hole = {
+        "centre_ras_mm": [-30 + 29.5, 45.4, -7.0],
+        "axis_ras": [-1, 0, 0],
+        "diameter_mm": 3.0,
+        "wall_mm": 1.0,
+    }
+    _, partly = wall_thickness(model, 1.0, drain_holes=[hole])
+    assert not partly["passes"]
+    assert 0 < partly["ignored"]["drain_hole_rims_mm2"] < 2 * 2.5 * 5.0
+    assert partly["counted_thin_area_mm2"] == pytest.approx(
+        152 - partly["ignored"]["drain_hole_rims_mm2"], rel=0.02
+    )
+
+
+def test_embree_and_vtk_rays_measure_the_same_thickness():
+    from PrintPrepLib.shaping.thickness import face_thickness, ray_engine
+
+    assert ray_engine() == "embree"  # embreex is a dependency: the fast path is the one used
+    model = plate_model()
+    np.testing.assert_allclose(face_thickness(model, "embree"), face_thickness(model, "vtk"), atol=1e-6)
+
+
 def test_wall_thickness_refuses_an_open_model():
     with pytest.raises(PrintPrepError, match="not watertight"):
         wall_thickness(broken_sphere(), 1.0)

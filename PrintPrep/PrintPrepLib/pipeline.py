@@ -528,7 +528,12 @@ def _assemble(prepared, options: PrintOptions, printer, material, steps: list):
             "segments": part.segment_names,
             "colour_rgb": [round(c, 4) for c in part.colour],
             "shaping": [{"step": "connect_parts", **_jsonable(connect_report)}],
-            "_context": {"name": part.name, "key": part.key, "down": None},
+            "_context": {
+                "name": part.name,
+                "key": part.key,
+                "down": None,
+                "drain_holes": [h for _, _, e in prepared for h in e["_context"].get("drain_holes", [])],
+            },
         }
         steps.append({"part": part.name, "step": "connect_parts", "parameters": parameters})
         bodies = [(part, fused, entry)]
@@ -567,7 +572,12 @@ def _assemble(prepared, options: PrintOptions, printer, material, steps: list):
                             "segments": piece_part.segment_names,
                             "colour_rgb": [round(c, 4) for c in part.colour],
                             "shaping": [{"step": "split_to_fit", **_jsonable(split_report)}],
-                            "_context": {"name": piece_part.name, "key": piece_part.key, "down": None},
+                            "_context": {
+                                "name": piece_part.name,
+                                "key": piece_part.key,
+                                "down": None,
+                                "drain_holes": entry["_context"].get("drain_holes", []),
+                            },
                         },
                     )
                 )
@@ -622,7 +632,10 @@ def _assemble(prepared, options: PrintOptions, printer, material, steps: list):
                 ShapingStep(
                     "wall_thickness",
                     shaping_steps.thickness_step,
-                    {"min_wall_mm": _min_wall(printer, material)},
+                    {
+                        "min_wall_mm": _min_wall(printer, material),
+                        "min_feature_mm": float(printer.min_feature_mm),
+                    },
                 ),
                 mesh,
                 entry,
@@ -808,7 +821,7 @@ def qa_rows(result_record: dict) -> list[dict]:
             "dV %": f"{f['volume_difference_percent']:.2f}" if f else "-",
             "fidelity": ("pass" if f["passed"] else "FLAG") if f else "-",
             "min wall mm": f"{t['min_thickness_mm']:.2f}" if t else "-",
-            "thin mm2": f"{t['thin_area_mm2']:.1f}" if t else "-",
+            "thin mm2": f"{t.get('counted_thin_area_mm2', t['thin_area_mm2']):.1f}" if t else "-",
             "thickness": ("pass" if t["passed"] else "FLAG") if t else "-",
             "fits": ("yes" if p["fit"]["fits"] else "NO") if "fit" in p else "-",
             "sliced": sliced,

@@ -17,7 +17,8 @@ Assembly steps (after the per-part loop, on the bodies that are printed):
 - ``suggest_orientation`` for bodies that are not one unchanged part;
 - ``wall_thickness`` (``thickness_check``, on by default): against the larger of the printer's
   and the material's minimum wall; the per-vertex map goes on the model node and into
-  ``thickness/BODY.vtp``.
+  ``thickness/BODY.vtp``. Thin regions under (5 × the printer's minimum feature)² and the rims
+  of the drain holes cut by ``hollow`` are reported but do not fail the body.
 
 Every step function takes a ``trimesh.Trimesh`` in RAS mm and returns ``(mesh, report)``; a step
 that wants the part's context (its name, the orientation's down direction) has ``uses_context``.
@@ -32,7 +33,7 @@ from ._common import shells
 from .build_volume import split_to_fit, suggest_orientation
 from .hollow import hollow
 from .labels import add_label
-from .thickness import THICKNESS_ARRAY, wall_thickness
+from .thickness import FEATURES_ACROSS, THICKNESS_ARRAY, wall_thickness
 
 DEFAULT_DOWN = (0.0, 0.0, -1.0)
 
@@ -93,6 +94,10 @@ def hollow_step(
         }
     report["hollowed"] = True
     report["internal_voids_filled"] = filled
+    # The wall-thickness check does not count the holes' rims (sharp by design).
+    context.setdefault("drain_holes", []).extend(
+        {**hole, "wall_mm": float(wall_mm)} for hole in report.get("drain_holes", [])
+    )
     report["down_ras"] = [round(float(v), 4) for v in down]
     return result, report
 
@@ -106,9 +111,19 @@ def label_step(mesh, *, context, text: str, depth_mm: float, height_mm: float, m
 
 
 @_uses_context
-def thickness_step(mesh, *, context, min_wall_mm: float):
-    """Wall thickness per vertex (kept on the returned mesh) and the QA result (``passed``)."""
-    result, report = wall_thickness(mesh, min_wall_mm, name=context["name"])
+def thickness_step(mesh, *, context, min_wall_mm: float, min_feature_mm: float | None = None):
+    """Wall thickness per vertex (kept on the returned mesh) and the QA result (``passed``).
+
+    Thin regions under (FEATURES_ACROSS × min_feature_mm)² mm² and the rims of the drain holes
+    the hollow step cut (``context["drain_holes"]``) are reported but do not fail the body."""
+    least = 0.0 if min_feature_mm is None else (FEATURES_ACROSS * float(min_feature_mm)) ** 2
+    result, report = wall_thickness(
+        mesh,
+        min_wall_mm,
+        name=context["name"],
+        min_region_area_mm2=least,
+        drain_holes=context.get("drain_holes", ()),
+    )
     report["passed"] = bool(report["passes"])
     report["array"] = THICKNESS_ARRAY
     return result, report
