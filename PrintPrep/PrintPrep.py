@@ -40,7 +40,7 @@ MATERIALS = [DEFAULT_MATERIAL] + sorted(path.stem for path in (_PROFILES / "mate
 ALL_SEGMENTS = "all segments"
 KIDNEY_TUMOUR_LEFT = "kidney-tumour parts (left)"
 SEGMENT_CHOICES = [ALL_SEGMENTS, KIDNEY_TUMOUR_LEFT]
-SUPERSAMPLING = ["auto", "1", "3", "5"]
+SUPERSAMPLING = ["auto", "1", "3", "5", "7"]
 
 
 #
@@ -84,7 +84,7 @@ class PrintPrepParameterNode:
     inputSegmentation - the segmentation whose segments become print models.
     segments - every segment, or the five coded parts of a left kidney-tumour print.
     printer, material - profile keys (material: the printer's default unless chosen).
-    smoothing, supersampling - surface settings (supersampling auto, 1, 3 or 5).
+    smoothing, supersampling - surface settings (supersampling auto, 1, 3, 5 or 7).
     hollow, wallThicknessMm, drainHoles, drainDiameterMm - hollowing.
     thicknessCheck - wall-thickness QA against the minimum wall (on by default).
     connect, baseThicknessMm - fuse the parts with struts; a base when > 0.
