@@ -261,12 +261,20 @@ def slice_with_prusaslicer(
         elif value is not False and value is not None:
             command += [f"--{name}", str(value)]
     with atomic_path(gcode_path) as temporary:
-        done = subprocess.run(
-            [*command, "--output", str(temporary), str(stl_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
+        try:
+            done = subprocess.run(
+                [*command, "--output", str(temporary), str(stl_path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            # An estimate, not a result: a part too big to slice in time is reported, not fatal.
+            return {
+                "sliced": False,
+                "reason": f"PrusaSlicer did not finish within {timeout_s:.0f} s; slice this part in "
+                "PrusaSlicer itself for its filament and time estimate",
+            }
         if done.returncode != 0 or not temporary.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise VSPError(

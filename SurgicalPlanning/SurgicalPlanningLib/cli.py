@@ -424,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--smoothing", type=float, default=0.15, help="smoothing factor 0..1 (default 0.15)")
     prep.add_argument("--decimation", type=float, default=0.0, help="decimation factor 0..1 (default 0)")
-    prep.add_argument("--supersampling", default="auto", help="1, 3, 5, 7 or auto (default: 3× for thin parts, then 5× and 7× while the volume still misses)")
+    prep.add_argument(
+        "--supersampling",
+        default="auto",
+        help="1, 3, 5, 7 or auto (default: 3× for thin parts, then 5× and 7× while the volume still misses)",
+    )
     prep.add_argument(
         "--min-shell-mm3", type=float, default=10.0, help="remove loose shells smaller than this"
     )
