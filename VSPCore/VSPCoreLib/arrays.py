@@ -401,6 +401,10 @@ def segment_on_reference_grid(segmentation_node, segment_id: str, reference_volu
     return lattice_offset(lattice, volume_ijk_to_ras(reference_volume)) is not None
 
 
+#: Up to this many segments of one shared layer are extracted one by one (see segment_masks).
+_FEW_SEGMENTS = 4
+
+
 def segment_masks(segmentation_node, ids=None, reference_volume=None) -> dict[str, GridArray]:
     """Cropped boolean masks of several segments: what `segment_mask(..., crop=True)` gives.
 
@@ -432,6 +436,13 @@ def segment_masks(segmentation_node, ids=None, reference_volume=None) -> dict[st
         else:
             masks[segment_id] = segment_mask(segmentation_node, segment_id, reference_volume, crop=True)
     for layer_ids in by_layer.values():
+        if reference_volume is None and len(layer_ids) <= _FEW_SEGMENTS:
+            # Slicer extracts one segment, cropped to its extent, in compiled code (18 ms for
+            # the full case's tumour) faster than one pass over the whole layer finds every
+            # label's box (110 ms): per segment for a few, the one pass for many.
+            for segment_id in layer_ids:
+                masks[segment_id] = crop_to_content(segment_mask(segmentation_node, segment_id))
+            continue
         image = segmentation.GetSegmentRepresentation(layer_ids[0], name)
         extent = image.GetExtent()
         values = {sid: segmentation.GetSegment(sid).GetLabelValue() for sid in layer_ids}
