@@ -35,10 +35,11 @@ def stage_in_subprocess(script: str, stage: str, argv: list[str]) -> dict:
     return result
 
 
-def emit(report: dict, out: Path | None) -> None:
+def emit(report: dict, out: str | Path | None) -> None:
     """The report as JSON on stdout, and in `out` when given."""
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moves", type=int, default=100)
     parser.add_argument("--surface-moves", type=int, default=20)
     parser.add_argument("--case-dir", help="folder for the generated case (reused when it holds one)")
-    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     report = run(args)
     emit(report, args.out)

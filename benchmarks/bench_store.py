@@ -226,6 +226,7 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=1000)
     parser.add_argument("--skip-download", action="store_true")
     parser.add_argument("--skip-worklist", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     from orthanc_server import OrthancServer
 
@@ -243,7 +244,11 @@ def main() -> int:
                 report["worklist"] = bench_worklist(server, work, args.studies, args.repeats)
         finally:
             server.close()
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     return 0
 
 
