@@ -8,7 +8,6 @@ map as scalars; the parts' QA appears in the table. Every handler calls ensurePy
 first; logic never does.
 """
 
-import contextlib
 import logging
 import pathlib
 from typing import Annotated
@@ -28,7 +27,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VSPCore import ensurePythonRequirements
+from VSPCore import ensurePythonRequirements, progressDialog
 
 # The panel's choices: the printer and material profiles bundled with PrintPrepLib (JSON data,
 # read by PrintPrepLib.profiles; listed here from the folder so that loading the module imports
@@ -115,25 +114,6 @@ class PrintPrepParameterNode:
     orient: bool = False
     outputDirectory: pathlib.Path
     sourceDicomFolder: pathlib.Path
-
-
-@contextlib.contextmanager
-def progressDialog(title):
-    """A modal progress dialog for the ``with`` block, yielding the Lib-style callback
-    ``progress(fraction, message)`` that feeds it (no cancel: the Lib steps cannot stop half-way)."""
-    dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, value=0, maximum=100)
-    dialog.setCancelButton(None)
-
-    def progress(fraction, message):
-        dialog.labelText = message
-        dialog.value = int(round(100 * min(max(fraction, 0.0), 1.0)))
-        slicer.app.processEvents()
-
-    try:
-        yield progress
-    finally:
-        dialog.close()
-        dialog.deleteLater()
 
 
 def isPathSet(path):

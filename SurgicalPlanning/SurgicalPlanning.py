@@ -10,7 +10,6 @@ before it reaches them, as Slicer's scripted module template does: Slicer can al
 module, never installs packages while starting up, and logic stays free of user interaction.
 """
 
-import contextlib
 import logging
 import os
 import pathlib
@@ -35,7 +34,7 @@ from slicer.util import VTKObservationMixin
 
 from SurgicalPlanningLib import case_folders
 from SurgicalPlanningLib.case_folders import DEFAULT_GRID_SIZE, GRID_SIZES
-from VSPCore import ensurePythonRequirements
+from VSPCore import ensurePythonRequirements, progressDialog
 from VSPCoreLib.errors import VSPError
 from VSPCoreLib.progress import scaled
 
@@ -137,28 +136,6 @@ def registerSampleData():
 #
 # Requirements and GUI helpers
 #
-
-
-@contextlib.contextmanager
-def progressDialog(title):
-    """A modal progress dialog for the ``with`` block, yielding the Lib-style callback
-    ``progress(fraction, message)`` that feeds it.
-
-    The Lib steps cannot be interrupted safely half-way, so the dialog has no cancel button.
-    """
-    dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, value=0, maximum=100)
-    dialog.setCancelButton(None)
-
-    def progress(fraction, message):
-        dialog.labelText = message
-        dialog.value = int(round(100 * min(max(fraction, 0.0), 1.0)))
-        slicer.app.processEvents()
-
-    try:
-        yield progress
-    finally:
-        dialog.close()
-        dialog.deleteLater()
 
 
 def showLoadedVolume(volumeNode):

@@ -6,8 +6,10 @@ widgets one place to ensure the Python packages the Libs need. SurgicalPlanning,
 CasePortalConnector list it in their dependencies, so Slicer loads it first.
 """
 
+import contextlib
 import os
 
+import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic
@@ -78,3 +80,25 @@ def ensurePythonRequirements():
                 "Run slicer.util.pip_install({argument}) in the Python console, then restart Slicer."
             ).format(argument=repr(" ".join(unmet))),
         )
+
+
+@contextlib.contextmanager
+def progressDialog(title):
+    """A modal progress dialog for the ``with`` block, yielding the Lib-style callback
+    ``progress(fraction, message)`` that feeds it. The modules' widgets share it.
+
+    The Lib steps cannot be interrupted safely half-way, so the dialog has no cancel button.
+    """
+    dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, value=0, maximum=100)
+    dialog.setCancelButton(None)
+
+    def progress(fraction, message):
+        dialog.labelText = message
+        dialog.value = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        slicer.app.processEvents()
+
+    try:
+        yield progress
+    finally:
+        dialog.close()
+        dialog.deleteLater()
