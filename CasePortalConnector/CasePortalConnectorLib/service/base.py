@@ -295,7 +295,9 @@ class InferRequest:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # Microseconds: jobs are listed in creation order, and two jobs made within one second
+    # must not tie (a tie fell back to the random job id).
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 @dataclass
@@ -363,6 +365,16 @@ class Job:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """A JSON file's content ({} when it does not exist yet); a damaged one is a VSPError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise VSPError(f"cannot be read as {what} ({error}).", subject=str(path), fix=fix) from None
+
+
 class JobStore:
     """The jobs of a case: a JSON file (``service-jobs.json`` in the case folder, or any path),
     written atomically after every change, and a folder beside it for the results."""
@@ -383,16 +395,11 @@ class JobStore:
         return self.folder / "service-results"
 
     def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as error:
-            raise VSPError(
-                f"cannot be read as a job store ({error}).",
-                subject=str(self.path),
-                fix="move the damaged file away (its jobs are then forgotten) or give another --jobs.",
-            ) from None
+        data = _read_json(
+            self.path,
+            "a job store",
+            "move the damaged file away (its jobs are then forgotten) or give another --jobs.",
+        )
         jobs = data.get("jobs", {}) if isinstance(data, dict) else {}
         return jobs if isinstance(jobs, dict) else {}
 
@@ -529,16 +536,11 @@ class CaseJobStore(JobStore):
 
     def document(self) -> dict[str, Any]:
         """The whole case manifest ({} when the folder has none yet)."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as error:
-            raise VSPError(
-                f"cannot be read as a case manifest ({error}).",
-                subject=str(self.path),
-                fix="open the case again with `vsp store open-case --out FOLDER`, or move the damaged file away.",
-            ) from None
+        data = _read_json(
+            self.path,
+            "a case manifest",
+            "open the case again with `vsp store open-case --out FOLDER`, or move the damaged file away.",
+        )
         if not isinstance(data, dict):
             raise VSPError(
                 "is not a case manifest (not a JSON object).",
